@@ -1,0 +1,24 @@
+"""Exceptions meant for people: each carries one sentence naming what is wrong and what is expected.
+
+The command line (`main.py`) turns any of these into that sentence on stderr and exit code 2.
+"""
+
+
+class SGMError(Exception):
+    """Base class of every error sgm raises on purpose."""
+
+
+class ConfigError(SGMError, ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+class DataError(SGMError, ValueError):
+    """A data file is missing, truncated, corrupt, or holds values that cannot be used (NaN/inf)."""
+
+
+class CheckpointError(SGMError, ValueError):
+    """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+
+
+class NumericalError(SGMError, FloatingPointError):
+    """Training produced a NaN or inf."""
