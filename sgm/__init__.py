@@ -1,0 +1,28 @@
+"""sgm: score-based generative models through SDEs, in JAX + Equinox + diffrax."""
+
+from .analytic import GaussianMixture
+from .errors import CheckpointError, ConfigError, DataError, NumericalError, SGMError
+from .likelihood import bits_per_dim, log_likelihood
+from .loss import ImportanceTimeSampler, dsm_loss, dsm_loss_per_sample
+from .sample import sample
+from .score import GuidedScore, ScoreModel, tweedie_x0
+from .sde import (
+    AbstractSchedule,
+    AbstractSDE,
+    CosineSchedule,
+    LinearSchedule,
+    QuadraticSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
+    SubVPSDE,
+    VESDE,
+    VPSDE,
+)
+
+__all__ = [
+    "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
+    "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LinearSchedule",
+    "NumericalError", "QuadraticSchedule", "SGMError", "ScaledLinearSchedule", "ScoreModel",
+    "SigmoidSchedule", "SubVPSDE", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",
+    "dsm_loss_per_sample", "log_likelihood", "sample", "tweedie_x0",
+]

@@ -1,0 +1,240 @@
+"""Datasets: embedded 2-D toys, 8x8 digits, Gaussian random fields, and image files from disk.
+
+`load(name, ...)` returns a `Dataset`: numpy train/test arrays in data units (float32 for
+continuous data, uint8 integer levels for discrete data), their conditioning (labels or
+parameters), and, where the density is known exactly, `log_prob` and `entropy` to hold a model's
+likelihood against. Scaling to the network's range lives in `transforms`, batching in `loader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sgm.data import digits, files, grf, images, toy
+from sgm.data.loader import Batches, batch_at, epoch_permutation
+from sgm.data.transforms import (
+    Standardizer,
+    centre,
+    dequantize,
+    from_model,
+    quantize,
+    to_model,
+    to_model_log_det,
+    to_uint8,
+)
+from sgm.errors import ConfigError, DataError
+
+__all__ = [
+    "NAMES",
+    "Batches",
+    "Dataset",
+    "Standardizer",
+    "batch_at",
+    "centre",
+    "dequantize",
+    "digits",
+    "epoch_permutation",
+    "files",
+    "from_model",
+    "grf",
+    "images",
+    "load",
+    "quantize",
+    "to_model",
+    "to_model_log_det",
+    "to_uint8",
+    "toy",
+]
+
+#: datasets `load` knows, embedded first, then those read from disk
+NAMES: tuple[str, ...] = (*toy.NAMES, "digits", "grf", "mnist", "cifar10", "flowers", "folder")
+_FILE_DATASETS = ("mnist", "cifar10", "flowers", "folder")
+_TAG = 0xDA7A  # keeps data-generation streams apart from the loader's (seed, epoch) streams
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test pair of arrays with what a model and its evaluation need to know about them.
+
+    Attributes:
+        name: registry name.
+        train, test: `(N, *shape)` arrays in data units (uint8 levels when `levels` is set).
+        train_cond, test_cond: int32 labels `(N,)`, float32 parameters `(N, param_dim)`, or None.
+        shape: per-sample shape.
+        levels: number of integer levels of discrete data (17 digits, 256 images), None if
+            continuous.
+        num_classes: number of labels when `*_cond` are labels, else None.
+        param_dim: length of the parameter vector when `*_cond` are parameters, else None.
+        log_prob: exact `log_prob(x (B, *shape), cond=None) -> (B,)` in nats, or None.
+        entropy: exact differential entropy in nats per sample (for conditional data, the mean
+            over the test set's conditions), or None.
+    """
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    train_cond: np.ndarray | None
+    test_cond: np.ndarray | None
+    shape: tuple[int, ...]
+    levels: int | None = None
+    num_classes: int | None = None
+    param_dim: int | None = None
+    log_prob: Callable[..., np.ndarray] | None = None
+    entropy: float | None = None
+
+    def __post_init__(self):
+        for part in ("train", "test"):
+            x, cond = getattr(self, part), getattr(self, f"{part}_cond")
+            if tuple(x.shape[1:]) != tuple(self.shape):
+                raise DataError(
+                    f"Dataset {self.name!r} {part} has samples of shape {x.shape[1:]}: "
+                    f"expected {self.shape}."
+                )
+            for what, a in ((part, x), (f"{part}_cond", cond)):
+                if a is not None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                    raise DataError(
+                        f"Dataset {self.name!r} {what} holds NaN or inf: expected finite values."
+                    )
+            if cond is not None and cond.shape[0] != x.shape[0]:
+                raise DataError(
+                    f"Dataset {self.name!r} {part}_cond has {cond.shape[0]} rows: expected "
+                    f"{x.shape[0]}, one per sample."
+                )
+            if self.levels is not None and x.size and (x.min() < 0 or x.max() >= self.levels):
+                raise DataError(
+                    f"Dataset {self.name!r} {part} has values in [{x.min()}, {x.max()}]: "
+                    f"expected integer levels 0..{self.levels - 1}."
+                )
+
+    @property
+    def dim(self) -> int:
+        """Number of elements of one sample."""
+        return math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        def desc(a):
+            return None if a is None else f"{a.dtype}{list(a.shape)}"
+
+        return (
+            f"Dataset(name={self.name!r}, train={desc(self.train)}, test={desc(self.test)}, "
+            f"train_cond={desc(self.train_cond)}, test_cond={desc(self.test_cond)}, "
+            f"shape={self.shape}, levels={self.levels}, num_classes={self.num_classes}, "
+            f"param_dim={self.param_dim}, entropy={self.entropy})"
+        )
+
+
+def _toy_log_prob(name: str, x, cond=None) -> np.ndarray:
+    return toy.log_prob(name, x)
+
+
+def _grf_log_prob(x, cond) -> np.ndarray:
+    x, cond = np.asarray(x), np.asarray(cond)
+    return grf.log_prob(x[..., 0, :, :], cond[..., 0], cond[..., 1])
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _TAG, stream])
+
+
+def _subset(name, x, y, n, part):
+    if n is None:
+        return x, y
+    if n > x.shape[0]:
+        raise DataError(f"{name} has {x.shape[0]} {part} examples, fewer than the {n} asked for.")
+    return x[:n], None if y is None else y[:n]
+
+
+def load(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load or generate dataset `name` (one of `NAMES`).
+
+    Args:
+        name: moons, eight_gaussians, checkerboard, swiss_roll, circles (2-D toys), digits, grf,
+            mnist, cifar10, flowers or folder (any folder of images).
+        root: folder of a dataset read from disk; default `data/<name>`.
+        n_train, n_test: number of examples. Generated sets default to 50000/10000 (toys) and
+            10000/1000 (grf); sets from disk default to all and take the first n when given (for
+            image folders, the default test part is a fixed tenth of the images).
+        image_size: grid size of the grf (default 32); for images, resize the shorter side and
+            centre-crop to this size (default: keep the stored size).
+        seed: seed of generated data (toys, grf); other sets ignore it.
+    """
+    if name not in NAMES:
+        raise DataError(f"Unknown dataset {name!r}: expected one of {', '.join(NAMES)}.")
+    if name in toy.NAMES:
+        if image_size is not None:
+            raise ConfigError(f"image_size applies to image data, not to the 2-D toy {name!r}.")
+        train = toy.sample(name, n_train or 50_000, _rng(seed, 0))
+        test = toy.sample(name, n_test or 10_000, _rng(seed, 1))
+        known = name in toy.WITH_DENSITY
+        return Dataset(
+            name, train, test, None, None, (2,),
+            log_prob=functools.partial(_toy_log_prob, name) if known else None,
+            entropy=toy.entropy(name) if known else None,
+        )  # fmt: skip
+    if name == "grf":
+        n = image_size or 32
+        train, train_p = grf.sample(n_train or 10_000, n, _rng(seed, 0))
+        test, test_p = grf.sample(n_test or 1_000, n, _rng(seed, 1))
+        entropy = float(np.mean(grf.entropy(test_p[:, 0], test_p[:, 1], n)))
+        return Dataset(
+            name, train, test, train_p, test_p, (1, n, n),
+            param_dim=2, log_prob=_grf_log_prob, entropy=entropy,
+        )  # fmt: skip
+    if name == "digits":
+        if image_size not in (None, 8):
+            raise ConfigError(f"Digits are 8x8; image_size must be 8 or None, got {image_size}.")
+        x_train, y_train, x_test, y_test = digits.load_digits()
+        levels, num_classes = digits.LEVELS, 10
+    else:
+        root = Path(root) if root is not None else Path("data") / name
+        x_train, y_train, x_test, y_test, num_classes = _from_disk(name, root, image_size, n_test)
+        if name in ("flowers", "folder"):
+            n_test = None  # already held out
+        levels = 256
+    x_train, y_train = _subset(name, x_train, y_train, n_train, "training")
+    x_test, y_test = _subset(name, x_test, y_test, n_test, "test")
+    return Dataset(
+        name, x_train, x_test, y_train, y_test, tuple(x_train.shape[1:]),
+        levels=levels, num_classes=num_classes,
+    )  # fmt: skip
+
+
+def _from_disk(name: str, root: Path, image_size: int | None, n_test: int | None):
+    """(x_train, y_train, x_test, y_test, num_classes) of an image dataset read from `root`."""
+    if name == "mnist":
+        x_train, y_train, x_test, y_test = files.load_mnist(root)
+        num_classes = 10
+    elif name == "cifar10":
+        x_train, y_train, x_test, y_test = files.load_cifar10(root)
+        num_classes = 10
+    else:
+        # No official split: a fixed tenth (or n_test) of the images, chosen independently of
+        # `seed` so that every run evaluates on the same images.
+        x, labels, classes = images.load_image_folder(root, size=image_size)
+        num_classes = len(classes) if len(classes) > 1 else None
+        n_hold = x.shape[0] // 10 if n_test is None else n_test
+        if n_hold >= x.shape[0]:
+            raise DataError(f"{root} holds {x.shape[0]} images: too few to hold out {n_hold}.")
+        perm = np.random.default_rng([_TAG, 2]).permutation(x.shape[0])
+        test_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        x_train, x_test = x[train_idx], x[test_idx]
+        y_train = labels[train_idx] if num_classes else None
+        y_test = labels[test_idx] if num_classes else None
+    if image_size is not None:
+        x_train = images.resize_images(x_train, image_size)
+        x_test = images.resize_images(x_test, image_size)
+    return x_train, y_train, x_test, y_test, num_classes

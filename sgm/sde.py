@@ -1,0 +1,349 @@
+"""Forward SDEs of score-based models and their noise schedules.
+
+Every SDE here is affine with a scalar diffusion, so its transition kernel is Gaussian:
+
+    dx = f(t) x dt + g(t) dw,        x_t | x_0 ~ N(scale(t) x_0, std(t)^2 I).
+
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole, "Score-Based Generative Modeling through
+Stochastic Differential Equations" (ICLR 2021), Section 3.4 and Appendix B.
+
+VP/SubVP take a schedule object that defines the integrated noise rate B(t) = int_0^t beta(s) ds;
+beta(t) itself is obtained from B by forward-mode differentiation, so each schedule writes one
+formula and both quantities agree to rounding.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from .errors import ConfigError
+
+Scalar = Float[ArrayLike, ""]
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise schedules for VP / SubVP: each defines B(t) = int_0^t beta(s) ds on t in [0, 1].
+# --------------------------------------------------------------------------------------------
+
+
+class AbstractSchedule(eqx.Module):
+    """A continuous-time noise schedule: the integrated rate B(t) and the rate beta(t) = B'(t)."""
+
+    @abc.abstractmethod
+    def integral(self, t: Scalar) -> Array:
+        """B(t) = int_0^t beta(s) ds."""
+
+    def beta(self, t: Scalar) -> Array:
+        """beta(t) = dB/dt, by forward-mode differentiation of `integral`."""
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        return jax.jvp(self.integral, (t,), (jnp.ones_like(t),))[1]
+
+    def discrete_betas(self, num_steps: int) -> Array:
+        """DDPM betas of an N-step chain on t_i = i/N: beta_i = 1 - exp(-(B(t_i) - B(t_{i-1})))."""
+        ts = jnp.linspace(0.0, 1.0, num_steps + 1)
+        return -jnp.expm1(-jnp.diff(jax.vmap(self.integral)(ts)))
+
+
+class LinearSchedule(AbstractSchedule):
+    """beta(t) = beta_min + t (beta_max - beta_min); Song et al. (2021) and Ho et al. (2020)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __check_init__(self):
+        _check(0 <= self.beta_min < self.beta_max,
+               f"linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+
+    def integral(self, t):
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+
+class QuadraticSchedule(AbstractSchedule):
+    """beta(t) = beta_min + (beta_max - beta_min) t^2: slow start, fast end."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __check_init__(self):
+        _check(0 <= self.beta_min < self.beta_max,
+               f"quadratic schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+
+    def integral(self, t):
+        return self.beta_min * t + (self.beta_max - self.beta_min) * t**3 / 3.0
+
+
+class ScaledLinearSchedule(AbstractSchedule):
+    """beta(t) = (sqrt(beta_min) + t (sqrt(beta_max) - sqrt(beta_min)))^2: latent diffusion ("LDM").
+
+    The defaults are the continuous-time form (N * beta) of Rombach et al. (2022)'s
+    betas 0.00085 -> 0.012 over N = 1000 steps.
+    """
+
+    beta_min: float = 0.85
+    beta_max: float = 12.0
+
+    def __check_init__(self):
+        _check(0 <= self.beta_min < self.beta_max,
+               f"scaled-linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+
+    def integral(self, t):
+        a, b = math.sqrt(self.beta_min), math.sqrt(self.beta_max)
+        # int_0^t (a + (b - a) s)^2 ds
+        return a**2 * t + a * (b - a) * t**2 + (b - a) ** 2 * t**3 / 3.0
+
+
+class SigmoidSchedule(AbstractSchedule):
+    """beta(t) = beta_min + (beta_max - beta_min) sigmoid(start + (end - start) t) (GeoDiff-style)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    start: float = -6.0
+    end: float = 6.0
+
+    def __check_init__(self):
+        _check(0 <= self.beta_min < self.beta_max,
+               f"sigmoid schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        _check(self.end > self.start, f"sigmoid schedule needs end > start, got {self.start}, {self.end}")
+
+    def integral(self, t):
+        k = self.end - self.start
+        # int sigmoid(start + k s) ds = softplus(start + k s) / k
+        sig = (jax.nn.softplus(self.start + k * t) - jax.nn.softplus(self.start)) / k
+        return self.beta_min * t + (self.beta_max - self.beta_min) * sig
+
+
+class CosineSchedule(AbstractSchedule):
+    """Cosine schedule of Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(theta(t)) / cos^2(theta(0)).
+
+    theta(t) = (t + s) / (1 + s) * pi / 2. Its rate beta(t) = pi / (1 + s) tan(theta(t)) diverges at
+    t = 1; as in the discrete original, which clips betas, the rate is capped at `max_beta` from the
+    time t* where it reaches that value (B stays C^1 and finite: B(1) = B(t*) + max_beta (1 - t*)).
+    """
+
+    s: float = 0.008
+    max_beta: float = 50.0
+
+    def __check_init__(self):
+        _check(self.s > 0, f"cosine schedule needs s > 0, got {self.s}")
+        _check(self.max_beta > math.pi / (1 + self.s) * math.tan(self.s / (1 + self.s) * math.pi / 2),
+               f"cosine schedule max_beta={self.max_beta} is below the rate at t=0")
+
+    def integral(self, t):
+        c = math.pi / (2 * (1 + self.s))
+        theta_star = math.atan(self.max_beta / (2 * c))
+        t_star = theta_star / c - self.s
+        tan0 = math.tan(self.s * c)
+
+        def raw(u):
+            # -2 log(cos(theta0 + c u) / cos(theta0)), written with log1p so it is exact near u = 0
+            return -2.0 * jnp.log1p(-2.0 * jnp.sin(0.5 * c * u) ** 2 - tan0 * jnp.sin(c * u))
+
+        t_clip = jnp.minimum(t, t_star)
+        return raw(t_clip) + self.max_beta * jnp.maximum(t - t_star, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# SDEs
+# --------------------------------------------------------------------------------------------
+
+
+class AbstractSDE(eqx.Module):
+    """A forward SDE dx = f(t, x) dt + g(t) dw with Gaussian transition kernel from x_0.
+
+    Concrete SDEs implement `scale(t)` and `std(t)` (so x_t = scale(t) x_0 + std(t) eps), the drift,
+    the diffusion and the prior. Time runs from `t0` (small, avoids the singular score at 0) to `t1`.
+    """
+
+    t0: eqx.AbstractVar[float]
+    t1: eqx.AbstractVar[float]
+
+    @abc.abstractmethod
+    def scale(self, t: Scalar) -> Array:
+        """Mean coefficient of x_t given x_0."""
+
+    @abc.abstractmethod
+    def std(self, t: Scalar) -> Array:
+        """Standard deviation of x_t given x_0."""
+
+    @abc.abstractmethod
+    def drift(self, t: Scalar, x: Array) -> Array:
+        """f(t, x)."""
+
+    @abc.abstractmethod
+    def diffusion(self, t: Scalar) -> Array:
+        """g(t), a scalar."""
+
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the Gaussian prior N(0, prior_std^2 I) at t1."""
+
+    @property
+    def sampling_t0(self) -> float:
+        """Where samplers stop by default (Song et al. use 1e-3 for VP/SubVP, 1e-5 for VE)."""
+        return self.t0
+
+    def marginal(self, t: Scalar, x0: Array) -> tuple[Array, Array]:
+        """Mean and std of the transition kernel p_{0t}(x_t | x_0)."""
+        return self.scale(t) * x0, self.std(t)
+
+    def prior_sample(self, key: PRNGKeyArray, shape: tuple[int, ...]) -> Array:
+        """Draws from the prior N(0, prior_std^2 I) with the given (batched) shape."""
+        return self.prior_std() * jax.random.normal(key, shape)
+
+    def prior_logp(self, x: Array) -> Array:
+        """log N(x; 0, prior_std^2 I) of ONE sample (summed over all its elements)."""
+        s = self.prior_std()
+        n = x.size
+        return -0.5 * jnp.sum(x**2) / s**2 - n * (math.log(s) + 0.5 * math.log(2 * math.pi))
+
+    def log_snr(self, t: Scalar) -> Array:
+        """lambda(t) = log(scale^2 / std^2)."""
+        return 2.0 * (jnp.log(self.scale(t)) - jnp.log(self.std(t)))
+
+    def reverse_drift(self, score, t: Scalar, x: Array) -> Array:
+        """Drift of the reverse-time SDE, f - g^2 score (Anderson 1982; Song et al. eq. 6)."""
+        return self.drift(t, x) - self.diffusion(t) ** 2 * score(t, x)
+
+    def ode_drift(self, score, t: Scalar, x: Array) -> Array:
+        """Probability-flow ODE velocity, f - g^2 score / 2 (Song et al. eq. 13)."""
+        return self.drift(t, x) - 0.5 * self.diffusion(t) ** 2 * score(t, x)
+
+
+def _schedule_from(schedule, beta_min, beta_max):
+    return LinearSchedule(beta_min, beta_max) if schedule is None else schedule
+
+
+class VPSDE(AbstractSDE):
+    """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (DDPM in continuous time).
+
+    scale = exp(-B/2), std^2 = 1 - exp(-B). With the default linear schedule (beta_min=0.1,
+    beta_max=20) this is exactly Song et al. (2021)'s VP SDE.
+    """
+
+    schedule: AbstractSchedule
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule=None,
+                 t0: float = 1e-5, t1: float = 1.0):
+        self.schedule = _schedule_from(schedule, beta_min, beta_max)
+        self.t0, self.t1 = t0, t1
+
+    def __check_init__(self):
+        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
+
+    @property
+    def sampling_t0(self):
+        return max(self.t0, 1e-3)
+
+    def scale(self, t):
+        return jnp.exp(-0.5 * self.schedule.integral(t))
+
+    def std(self, t):
+        return jnp.sqrt(-jnp.expm1(-self.schedule.integral(t)))
+
+    def drift(self, t, x):
+        return -0.5 * self.schedule.beta(t) * x
+
+    def diffusion(self, t):
+        return jnp.sqrt(self.schedule.beta(t))
+
+    def prior_std(self):
+        return 1.0
+
+
+class SubVPSDE(AbstractSDE):
+    """Sub-VP SDE: dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2B))) dw (Song et al. 2021, eq. 11).
+
+    scale = exp(-B/2), std = 1 - exp(-B) (so the variance is (1 - e^{-B})^2, never above VP's).
+    """
+
+    schedule: AbstractSchedule
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule=None,
+                 t0: float = 1e-5, t1: float = 1.0):
+        self.schedule = _schedule_from(schedule, beta_min, beta_max)
+        self.t0, self.t1 = t0, t1
+
+    def __check_init__(self):
+        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
+
+    @property
+    def sampling_t0(self):
+        return max(self.t0, 1e-3)
+
+    def scale(self, t):
+        return jnp.exp(-0.5 * self.schedule.integral(t))
+
+    def std(self, t):
+        return -jnp.expm1(-self.schedule.integral(t))
+
+    def drift(self, t, x):
+        return -0.5 * self.schedule.beta(t) * x
+
+    def diffusion(self, t):
+        b = self.schedule.integral(t)
+        return jnp.sqrt(self.schedule.beta(t) * -jnp.expm1(-2.0 * b))
+
+    def prior_std(self):
+        return 1.0
+
+
+class VESDE(AbstractSDE):
+    """Variance-exploding SDE dx = sqrt(d sigma^2 / dt) dw with geometric (log-linear) sigma.
+
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t and g(t) = sigma(t) sqrt(2 log(sigma_max /
+    sigma_min)) (Song et al. 2021, eq. 9; SMLD/NCSN in continuous time). Started from x_0 at t = 0 the
+    kernel std is sqrt(sigma(t)^2 - sigma_min^2), the exact solution of this SDE; the prior is
+    N(0, sigma_max^2 I).
+    """
+
+    sigma_min: float = eqx.field(static=True)
+    sigma_max: float = eqx.field(static=True)
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t0: float = 1e-5,
+                 t1: float = 1.0):
+        self.sigma_min, self.sigma_max, self.t0, self.t1 = sigma_min, sigma_max, t0, t1
+
+    def __check_init__(self):
+        _check(0 < self.sigma_min < self.sigma_max,
+               f"VE SDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
+
+    @property
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t: Scalar) -> Array:
+        """The noise level sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+        return self.sigma_min * jnp.exp(t * self._log_ratio)
+
+    def scale(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def std(self, t):
+        return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * t * self._log_ratio))
+
+    def drift(self, t, x):
+        return jnp.zeros_like(x)
+
+    def diffusion(self, t):
+        return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
+
+    def prior_std(self):
+        return self.sigma_max

@@ -1,0 +1,400 @@
+"""Data: exact densities and entropies first, then file formats, scaling and batching."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from sgm import data
+from sgm.data import files, grf, images, toy
+from sgm.errors import ConfigError, DataError
+
+# ------------------------------------------------------------------------------------ 2-D toys
+
+
+@pytest.mark.parametrize("name", toy.NAMES)
+def test_toy_shapes_and_determinism(name):
+    a = toy.sample(name, 1000, 3)
+    assert a.shape == (1000, 2) and a.dtype == np.float32 and np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, toy.sample(name, 1000, 3))
+    np.testing.assert_array_equal(a, toy.sample(name, 1000, np.random.default_rng(3)))
+    assert not np.array_equal(a, toy.sample(name, 1000, 4))
+
+
+@pytest.mark.parametrize("name", toy.WITH_DENSITY)
+def test_toy_density_integrates_to_one(name):
+    g = np.linspace(-5.0, 5.0, 1001)
+    h = g[1] - g[0]
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), axis=-1)
+    p = np.exp(toy.log_prob(name, grid))
+    # the checkerboard density jumps at square edges: a Riemann sum is accurate to O(h)
+    atol = 1e-9 if name == "eight_gaussians" else 0.02
+    np.testing.assert_allclose(p.sum() * h * h, 1.0, atol=atol)
+
+
+def test_eight_gaussians_entropy():
+    h = toy.entropy("eight_gaussians")
+    _, _, std = toy.eight_gaussians_mixture()
+    separated = math.log(8) + math.log(2 * math.pi * math.e * std**2)  # components apart
+    assert 2.82 < h < separated < 2.84
+    # Monte Carlo: H = -E log p(x), x ~ p
+    lp = toy.log_prob("eight_gaussians", toy.sample("eight_gaussians", 400_000, 0))
+    assert abs(-lp.mean() - h) < 4 * lp.std() / math.sqrt(lp.size)
+    # the density is that of the sampler: per-component moments
+    _, means, std = toy.eight_gaussians_mixture()
+    x = toy.sample("eight_gaussians", 200_000, 1).astype(np.float64)
+    j = np.argmin(((x[:, None] - means) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(j) / x.shape[0], 1 / 8, atol=5e-3)
+    np.testing.assert_allclose((x - means[j]).std(0), std, rtol=1e-2)
+
+
+def test_checkerboard_density():
+    assert toy.entropy("checkerboard") == pytest.approx(math.log(32.0), abs=1e-12)
+    x = toy.sample("checkerboard", 200_000, 0)
+    lp = toy.log_prob("checkerboard", x)
+    np.testing.assert_array_equal(lp, -math.log(32.0))
+    assert x.min() >= -4 and x.max() < 4
+    # occupied squares: 8 of the 16, evenly
+    cells = np.floor(x / 2).astype(int) + 2
+    counts = np.bincount(cells[:, 0] * 4 + cells[:, 1], minlength=16)
+    assert (counts > 0).sum() == 8
+    np.testing.assert_allclose(counts[counts > 0] / x.shape[0], 1 / 8, atol=5e-3)
+    outside = np.array([[4.5, 0.0], [1.0, 3.0], [-1.0, 1.0], [0.0, -5.0]])  # white or off-board
+    assert np.all(np.isneginf(toy.log_prob("checkerboard", outside)))
+
+
+def test_toy_log_prob_unknown():
+    with pytest.raises(DataError, match="eight_gaussians"):
+        toy.log_prob("moons", np.zeros((3, 2)))
+
+
+# ------------------------------------------------------------------------ Gaussian random fields
+
+
+def _dft_matrix(n):
+    f1 = np.fft.fft(np.eye(n), norm="ortho")
+    return np.kron(f1, f1)  # 2-D orthonormal DFT of a row-major flattened field
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_grf_log_prob_matches_dense_gaussian(n):
+    a, b = 1.3, 2.2
+    lam = grf.spectrum(n, a, b).reshape(-1)
+    f = _dft_matrix(n)
+    cov_dense = (f.conj().T @ np.diag(lam) @ f).real
+    np.testing.assert_allclose(grf.covariance(n, a, b), cov_dense, atol=1e-12)
+    np.testing.assert_allclose(cov_dense, cov_dense.T, atol=1e-12)
+    x = grf.sample_fields(n, np.full(7, a), np.full(7, b), 0)
+    mvn = multivariate_normal(np.zeros(n * n), cov_dense)
+    np.testing.assert_allclose(grf.log_prob(x, a, b), mvn.logpdf(x.reshape(7, -1)), rtol=1e-10)
+    np.testing.assert_allclose(grf.entropy(a, b, n), mvn.entropy(), rtol=1e-10)
+
+
+def test_grf_sample_covariance():
+    n, a, b, m = 4, 0.8, 1.5, 100_000
+    x = grf.sample_fields(n, np.full(m, a), np.full(m, b), 1).reshape(m, -1)
+    cov = grf.covariance(n, a, b)
+    emp = x.T @ x / m
+    # standard error of each entry is at most sqrt(2 / m) * max variance
+    assert np.abs(emp - cov).max() < 5 * math.sqrt(2 / m) * cov.diagonal().max()
+    np.testing.assert_allclose(cov.diagonal(), grf.spectrum(n, a, b).mean())
+
+
+def test_grf_dataset_log_prob_and_entropy():
+    ds = data.load("grf", n_train=64, n_test=2000, image_size=8, seed=3)
+    assert ds.train.shape == (64, 1, 8, 8) and ds.train.dtype == np.float32
+    assert ds.train_cond.shape == (64, 2) and ds.param_dim == 2
+    lo, hi = grf.AMPLITUDE_RANGE, grf.SLOPE_RANGE
+    assert lo[0] <= ds.test_cond[:, 0].min() and ds.test_cond[:, 0].max() <= lo[1]
+    assert hi[0] <= ds.test_cond[:, 1].min() and ds.test_cond[:, 1].max() <= hi[1]
+    lp = ds.log_prob(ds.test, ds.test_cond)
+    assert lp.shape == (2000,)
+    # -E log p(x | theta) = E H(theta): the test NLL of the true density equals its entropy
+    assert abs(-lp.mean() - ds.entropy) < 4 * lp.std() / math.sqrt(lp.size)
+    again = data.load("grf", n_train=64, n_test=4, image_size=8, seed=3)
+    np.testing.assert_array_equal(ds.train, again.train)
+
+
+# ----------------------------------------------------------------------------------- registry
+
+
+def test_digits():
+    ds = data.load("digits")
+    assert ds.train.shape == (1500, 1, 8, 8) and ds.test.shape == (297, 1, 8, 8)
+    assert ds.train.dtype == np.uint8 and ds.levels == 17 and ds.num_classes == 10
+    both = np.concatenate([ds.train, ds.test])
+    assert both.min() == 0 and both.max() == 16 and len(np.unique(both)) == 17
+    assert set(np.unique(ds.train_cond)) == set(range(10)) == set(np.unique(ds.test_cond))
+    np.testing.assert_array_equal(ds.test, data.load("digits").test)
+
+
+def test_load_toys_and_unknown():
+    ds = data.load("eight_gaussians", n_train=100, n_test=50, seed=1)
+    assert ds.train.shape == (100, 2) and ds.test.shape == (50, 2) and ds.shape == (2,)
+    assert not np.array_equal(ds.train[:50], ds.test)
+    assert ds.entropy == pytest.approx(toy.entropy("eight_gaussians"))
+    np.testing.assert_allclose(ds.log_prob(ds.test), toy.log_prob("eight_gaussians", ds.test))
+    assert data.load("moons", n_train=10, n_test=10).log_prob is None
+    with pytest.raises(DataError, match="moons.*mnist"):
+        data.load("imagenet")
+    with pytest.raises(DataError, match="NaN"):
+        data.Dataset("bad", np.full((3, 2), np.nan, np.float32), np.zeros((1, 2)), None, None, (2,))
+
+
+# ------------------------------------------------------------------------------------ MNIST files
+
+
+def _idx(array: np.ndarray) -> bytes:
+    magic = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    return magic + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def _tiny_mnist(rng, n):
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+def _write_mnist_idx(directory, rng, gz=False):
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = [*_tiny_mnist(rng, 5), *_tiny_mnist(rng, 3)]
+    for stem, a in zip(files.MNIST_FILES, arrays):
+        raw = _idx(a)
+        if gz:
+            (directory / (stem + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (directory / stem).write_bytes(raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_roundtrip(tmp_path, gz):
+    xtr, ytr, xte, yte = _write_mnist_idx(tmp_path / "MNIST" / "raw", np.random.default_rng(0), gz)
+    ds = data.load("mnist", root=tmp_path)
+    assert ds.shape == (1, 28, 28) and ds.levels == 256 and ds.num_classes == 10
+    np.testing.assert_array_equal(ds.train[:, 0], xtr)
+    np.testing.assert_array_equal(ds.train_cond, ytr)
+    np.testing.assert_array_equal(ds.test[:, 0], xte)
+    np.testing.assert_array_equal(ds.test_cond, yte)
+    assert data.load("mnist", root=tmp_path, image_size=32).train.shape == (5, 1, 32, 32)
+
+
+def test_mnist_npz_roundtrip(tmp_path):
+    rng = np.random.default_rng(1)
+    (xtr, ytr), (xte, yte) = _tiny_mnist(rng, 4), _tiny_mnist(rng, 2)
+    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    for root in (tmp_path, tmp_path / "mnist.npz"):
+        ds = data.load("mnist", root=root)
+        np.testing.assert_array_equal(ds.train[:, 0], xtr)
+        np.testing.assert_array_equal(ds.test_cond, yte)
+
+
+def test_mnist_errors(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
+        data.load("mnist", root=tmp_path / "nowhere")
+    with pytest.raises(DataError, match=f"MNIST not found.*{tmp_path}"):
+        data.load("mnist", root=tmp_path)
+    _write_mnist_idx(tmp_path, np.random.default_rng(0))
+    images = tmp_path / files.MNIST_FILES[0]
+    good = images.read_bytes()
+    images.write_bytes(good[:-10])  # truncated
+    with pytest.raises(DataError, match=f"{images}.*expected"):
+        data.load("mnist", root=tmp_path)
+    images.write_bytes(b"\x00\x00\x0d\x03" + good[4:])  # float idx: wrong magic
+    with pytest.raises(DataError, match=f"{images} has magic number"):
+        data.load("mnist", root=tmp_path)
+    images.write_bytes(good)
+    labels = tmp_path / files.MNIST_FILES[1]
+    labels.write_bytes(_idx(np.array([0, 1, 2, 3, 12])))
+    with pytest.raises(DataError, match=f"{labels} has labels"):
+        data.load("mnist", root=tmp_path)
+    gz = tmp_path / "gz"
+    _write_mnist_idx(gz, np.random.default_rng(0), gz=True)
+    bad = gz / (files.MNIST_FILES[2] + ".gz")
+    bad.write_bytes(bad.read_bytes()[:20])
+    with pytest.raises(DataError, match=str(bad)):
+        data.load("mnist", root=gz)
+    x = np.zeros((2, 28, 28), np.float32)
+    x[0, 3, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x_train=x, y_train=np.zeros(2), x_test=x, y_test=np.zeros(2))
+    with pytest.raises(DataError, match=f"{tmp_path / 'nan.npz'}.*NaN"):
+        data.load("mnist", root=tmp_path / "nan.npz")
+    np.savez(tmp_path / "obj.npz", x_train=np.array([None, 1]))
+    with pytest.raises(DataError, match="obj.npz"):
+        data.load("mnist", root=tmp_path / "obj.npz")
+
+
+# --------------------------------------------------------------------------------- CIFAR-10 files
+
+
+def _write_cifar(directory, rng, n=3):
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in (*files.CIFAR10_TRAIN, files.CIFAR10_TEST):
+        x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        y = rng.integers(0, 10, n, dtype=np.uint8)
+        (directory / name).write_bytes(np.concatenate([y[:, None], x.reshape(n, -1)], 1).tobytes())
+        out[name] = (x, y)
+    return out
+
+
+def test_cifar_roundtrip_and_errors(tmp_path):
+    written = _write_cifar(tmp_path / "cifar-10-batches-bin", np.random.default_rng(2))
+    ds = data.load("cifar10", root=tmp_path)
+    assert ds.train.shape == (15, 3, 32, 32) and ds.test.shape == (3, 3, 32, 32)
+    np.testing.assert_array_equal(ds.train[3:6], written["data_batch_2.bin"][0])
+    np.testing.assert_array_equal(ds.train_cond[3:6], written["data_batch_2.bin"][1])
+    np.testing.assert_array_equal(ds.test, written["test_batch.bin"][0])
+    assert data.load("cifar10", root=tmp_path, n_train=4).train.shape == (4, 3, 32, 32)
+    bad = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:-1])
+    with pytest.raises(DataError, match=f"{bad} holds .* multiple of 3073"):
+        data.load("cifar10", root=tmp_path)
+    bad.unlink()
+    with pytest.raises(DataError, match=f"CIFAR-10 not found.*data_batch_3.bin.*{tmp_path}"):
+        data.load("cifar10", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------- image folder
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    written = {}
+    for cls in ("roses", "tulips"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            pixels = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+            written[(cls, i)] = pixels
+    x, labels, classes = images.load_image_folder(tmp_path)
+    assert classes == ("roses", "tulips") and x.shape == (10, 3, 6, 7)
+    np.testing.assert_array_equal(labels, [0] * 5 + [1] * 5)
+    np.testing.assert_array_equal(x[7], written[("tulips", 2)].transpose(2, 0, 1))
+    ds = data.load("flowers", root=tmp_path)
+    assert ds.train.shape[0] + ds.test.shape[0] == 10 and ds.test.shape[0] == 1
+    assert ds.num_classes == 2 and ds.levels == 256
+    small = data.load("flowers", root=tmp_path, image_size=4, n_test=3)
+    assert small.train.shape == (7, 3, 4, 4) and small.test.shape == (3, 3, 4, 4)
+    # grey images give one channel; a larger grey image is resized, then centre-cropped
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    g = rng.integers(0, 256, (5, 5), dtype=np.uint8)
+    Image.fromarray(g).save(grey / "a.png")
+    Image.fromarray(np.kron(g, np.ones((2, 4), np.uint8))).save(grey / "b.png")  # 10 x 20
+    x, labels, _ = images.load_image_folder(grey, size=5)
+    assert x.shape == (2, 1, 5, 5) and labels is None
+    np.testing.assert_array_equal(x[0, 0], g)
+    with pytest.raises(DataError, match=f"different sizes.*{grey / 'a.png'}"):
+        images.load_image_folder(grey)
+
+
+def test_image_folder_errors(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(DataError, match=str(tmp_path / "flowers")):
+        data.load("flowers", root=tmp_path / "flowers")
+    with pytest.raises(DataError, match=f"No image files.*{tmp_path}"):
+        images.load_image_folder(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(DataError, match=str(tmp_path / "broken.png")):
+        images.load_image_folder(tmp_path)
+    (tmp_path / "broken.png").unlink()
+    Image.fromarray(np.zeros((4, 4), np.uint16) + 300).save(tmp_path / "deep.png")
+    with pytest.raises(DataError, match=f"{tmp_path / 'deep.png'} has mode"):
+        images.load_image_folder(tmp_path)
+    (tmp_path / "deep.png").unlink()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "top.png")
+    (tmp_path / "cls").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "cls" / "a.png")
+    with pytest.raises(DataError, match=f"{tmp_path} holds both"):
+        images.load_image_folder(tmp_path)
+    (tmp_path / "top.png").unlink()
+    (tmp_path / "cls" / ".hidden.png").write_bytes(b"not an image")  # skipped
+    x, labels, classes = images.load_image_folder(tmp_path)
+    assert x.shape == (1, 1, 4, 4) and classes == ("cls",)
+
+
+# ------------------------------------------------------------------------------------- transforms
+
+
+def test_dequantize_and_inverse():
+    import jax
+
+    levels = 17
+    k = np.arange(levels).repeat(200).reshape(1, -1)
+    for source in (np.random.default_rng(0), jax.random.key(0)):
+        y = np.asarray(data.dequantize(source, k, levels))
+        assert y.dtype == np.float32 and y.min() >= 0.0 and y.max() < 1.0
+        np.testing.assert_array_equal(data.quantize(y, levels), k)
+        z = data.to_model(y)
+        assert z.min() >= -1.0 and z.max() < 1.0
+        np.testing.assert_allclose(data.from_model(z), y, atol=1e-7)
+    # the top level never rounds up to 1
+    top = data.dequantize(np.random.default_rng(1), np.full(10_000, 255), 256)
+    assert top.max() < 1.0
+    np.testing.assert_array_equal(data.to_uint8(data.to_model(data.centre(k, 256))), k)
+    assert data.to_model_log_det(10, -1.0, 1.0) == pytest.approx(10 * math.log(2))
+
+
+def test_standardizer_change_of_variables():
+    rng = np.random.default_rng(0)
+    x = rng.normal([1.0, -2.0, 5.0], [0.5, 2.0, 3.0], (5000, 3))
+    s = data.Standardizer.fit(x)
+    z = s.forward(x)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-12)
+    np.testing.assert_allclose(s.inverse(z), x)
+    # log p_x(x) = log N(z; 0, I) + forward_log_det, for the Gaussian the scaler describes
+    exact = multivariate_normal(s.mean, np.diag(s.std**2)).logpdf(x[:10])
+    via_z = multivariate_normal(np.zeros(3), np.eye(3)).logpdf(z[:10]) + s.forward_log_det
+    np.testing.assert_allclose(via_z, exact)
+    scalar = data.Standardizer.fit(x, per_feature=False)
+    assert scalar.forward_log_det == pytest.approx(-3 * math.log(x.std()))
+    with pytest.raises(DataError, match="NaN"):
+        data.Standardizer.fit(np.array([[1.0], [np.nan]]))
+
+
+# ----------------------------------------------------------------------------------------- loader
+
+
+def test_batches_resume_and_epochs():
+    x = np.arange(23)[:, None] * np.ones((1, 2))
+    y = np.arange(23)
+    it = data.Batches((x, None, y), 5, seed=7)
+    assert it.steps_per_epoch == 4
+    seen = [next(it) for _ in range(13)]
+    for bx, none, by in seen:
+        assert none is None and bx.shape == (5, 2)
+        np.testing.assert_array_equal(bx[:, 0], by)
+    # each epoch visits 20 distinct examples; epochs differ in order
+    epoch0 = np.concatenate([b[2] for b in seen[:4]])
+    epoch1 = np.concatenate([b[2] for b in seen[4:8]])
+    assert len(set(epoch0)) == 20 and not np.array_equal(epoch0, epoch1)
+    # resuming from a step equals continuing the original iterator, and batch_at agrees
+    for k in (0, 3, 4, 9):
+        resumed = data.Batches((x, None, y), 5, seed=7, start_step=k)
+        for s in range(k, 13):
+            np.testing.assert_array_equal(next(resumed)[2], seen[s][2])
+            np.testing.assert_array_equal(data.batch_at((x, None, y), 5, 7, s)[2], seen[s][2])
+    assert not np.array_equal(next(data.Batches(y, 5, seed=8)), seen[0][2])
+
+
+def test_batches_process_sharding():
+    y = np.arange(100)
+    for step in (0, 7, 31):
+        full = data.batch_at(y, 12, 3, step)
+        parts = [data.batch_at(y, 12, 3, step, process_index=p, process_count=4) for p in range(4)]
+        assert all(p.shape == (3,) for p in parts)
+        np.testing.assert_array_equal(np.concatenate(parts), full)
+    it = data.Batches(y, 12, 3, process_index=2, process_count=4)
+    np.testing.assert_array_equal(next(it), data.batch_at(y, 12, 3, 0)[6:9])
+    with pytest.raises(ConfigError, match="divisible"):
+        data.Batches(y, 10, 0, process_count=4)
+    with pytest.raises(ConfigError, match="batch_size"):
+        data.batch_at(y, 101, 0, 0)
