@@ -149,8 +149,10 @@ def _pc(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_pa
     ts = jnp.linspace(sde.t1, t_end, steps + 1)
     n = x1.shape[0]
 
-    def sq_norm(v):
-        return jnp.sum(jnp.square(v).reshape(n, -1), axis=1).reshape((n,) + (1,) * (v.ndim - 1))
+    def mean_norm(v):
+        # Batch-averaged norm, as in Song et al.'s reference: per-sample norms make the step size
+        # explode in low dimension whenever a sample sits near a mode (score ~ 0).
+        return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(v).reshape(n, -1), axis=1)))
 
     def body(x, inp):
         i, t, t_next, k = inp
@@ -161,7 +163,7 @@ def _pc(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_pa
         for k_j in jax.random.split(k_c, corrector_steps):
             g = bscore(t, x)
             z = jax.random.normal(k_j, x.shape)
-            eps = 2 * alpha * snr**2 * sq_norm(z) / jnp.maximum(sq_norm(g), 1e-20)
+            eps = 2 * alpha * (snr * mean_norm(z) / jnp.maximum(mean_norm(g), 1e-20)) ** 2
             x = x + eps * g + jnp.sqrt(2 * eps) * z
         # Euler-Maruyama predictor from t to t_next (dt < 0).
         dt = t_next - t

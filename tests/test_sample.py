@@ -1,0 +1,113 @@
+"""Samplers driven by the closed-form score of a 2-D Gaussian mixture reproduce the mixture."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SDES3
+
+import sgm
+
+GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.4], [0.3, 0.6]])
+N = 4000
+METHODS = {
+    "em": dict(steps=500),
+    "ode": dict(),
+    "pc": dict(steps=300, snr=0.16),
+    "ddpm": dict(steps=300),
+    "ddim": dict(steps=100),
+}
+
+
+def mixture_stats(x):
+    """Weights, means and stds of the components, assigning points by posterior responsibility."""
+    comp = jnp.argmax(jax.vmap(GM.responsibilities)(x), axis=1)
+    w = jnp.array([jnp.mean(comp == k) for k in range(2)])
+    means = jnp.stack([jnp.sum(jnp.where((comp == k)[:, None], x, 0), 0) / jnp.sum(comp == k) for k in range(2)])
+    stds = jnp.stack([jnp.sqrt(jnp.sum(jnp.where((comp == k)[:, None], (x - means[k]) ** 2, 0), 0)
+                               / jnp.sum(comp == k)) for k in range(2)])
+    return w, means, stds
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", list(SDES3))
+def test_sampler_reproduces_mixture(name, method):
+    sde = SDES3[name]
+    x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(7), num=N, method=method,
+                         **METHODS[method])
+    assert x.shape == (N, 2) and bool(jnp.all(jnp.isfinite(x)))
+    w, means, stds = mixture_stats(x)
+    w_se = math.sqrt(0.3 * 0.7 / N)
+    np.testing.assert_allclose(w, GM.weights, atol=4 * w_se + 0.01)
+    # standard errors of component means are std / sqrt(n_k) <~ 0.02; stds ~ std / sqrt(2 n_k)
+    np.testing.assert_allclose(means, GM.means, atol=0.06)
+    np.testing.assert_allclose(stds, GM.stds, atol=0.05)
+    assert int(info["nfe"]) > 0
+
+
+def test_em_error_shrinks_with_steps():
+    sde = sgm.VPSDE()
+    gm = sgm.GaussianMixture.gaussian(jnp.array([0.5, -1.0]), jnp.array([0.7, 0.2]))
+    errs = []
+    for steps in (4, 16, 64, 256):
+        x, _ = sgm.sample(gm.score(sde), sde, (2,), key=jax.random.key(1), num=40000, method="em",
+                          steps=steps)
+        errs.append(float(jnp.sum(jnp.abs(x.mean(0) - gm.means[0])) +
+                          jnp.sum(jnp.abs(x.std(0) - gm.stds[0]))))
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[3] < 0.03 and errs[0] > 4 * errs[3], errs
+
+
+@pytest.mark.parametrize("method,kw,expected", [
+    ("em", dict(steps=20), 21), ("em", dict(steps=20, denoise=False), 20),
+    ("ode", dict(solver="heun", steps=10), 20), ("ode", dict(solver="euler", steps=7), 7),
+    ("ode", dict(), None), ("pc", dict(steps=10), 21), ("pc", dict(steps=5, corrector_steps=2), 16),
+    ("ddpm", dict(steps=15), 15), ("ddim", dict(steps=7), 7),
+])
+def test_reported_nfe_counts_every_score_call(method, kw, expected):
+    sde = sgm.VPSDE()
+    calls = []
+    base = GM.score(sde)
+
+    def score(t, x):
+        jax.debug.callback(lambda _: calls.append(1), t)
+        return base(t, x)
+
+    x, info = sgm.sample(score, sde, (2,), key=jax.random.key(0), num=1, method=method, **kw)
+    jax.block_until_ready(x)
+    assert len(calls) == int(info["nfe"])
+    if expected is not None:
+        assert int(info["nfe"]) == expected
+
+
+def test_clip_and_path_and_progress():
+    sde = sgm.VPSDE()
+    seen = []
+    x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=64, method="ddim",
+                         steps=10, clip=(-1.0, 1.0), return_path=True,
+                         progress=lambda done, total: seen.append((done, total)))
+    jax.block_until_ready(x)
+    assert float(jnp.abs(x).max()) <= 1.0
+    assert info["path"].shape == (11, 64, 2) and info["path_t"].shape == (11,)
+    assert len(seen) == 10 and seen[-1] == (10.0, 10)
+    x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=8, method="em",
+                         steps=50, return_path=True)
+    assert info["path"].shape == (51, 8, 2)
+
+
+def test_ddim_eta0_is_deterministic_given_prior():
+    sde = sgm.VESDE()
+    a, _ = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=16, method="ddim", steps=30)
+    b, _ = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=16, method="ddim", steps=30)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(method="rk4"), "sampling method"), (dict(steps=0), "steps"),
+    (dict(method="ode", solver="rk9"), "ODE solver"), (dict(t_end=2.0), "t_end"),
+])
+def test_bad_options_are_rejected(bad, match):
+    with pytest.raises(sgm.ConfigError, match=match):
+        sgm.sample(lambda t, x: -x, sgm.VPSDE(), (2,), key=jax.random.key(0), num=2, **bad)
