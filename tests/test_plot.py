@@ -1,0 +1,148 @@
+"""Figures: each function writes a decodable, non-blank PNG; `import sgm.plot` skips matplotlib."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import sgm
+import sgm.plot
+from sgm.data import toy
+
+RNG = np.random.default_rng(0)
+GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [0.5, 0.4])
+GM_LOGP = jax.jit(jax.vmap(GM.log_prob))  # a jax callable on (K, 2); the tests share one grid size
+
+
+def check_png(path, returned):
+    """The file is where it was asked to be, a PNG, and not a single flat colour."""
+    assert returned == path and path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 2
+    return path
+
+
+def test_import_does_not_import_matplotlib():
+    code = "import sys, sgm.plot; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sample_grid(tmp_path, channels):
+    images = RNG.uniform(-1, 1, (10, channels, 8, 8))
+    path = tmp_path / "nested" / "dir" / "grid.png"  # parents are created
+    check_png(path, sgm.plot.sample_grid(images, path, nrow=4, lo=-1, hi=1, title="samples"))
+    with Image.open(path) as img:  # colour samples are not squeezed into a 256-colour palette
+        assert img.mode == ("P" if channels == 1 else "RGB")
+
+
+def test_path_without_suffix_is_a_png(tmp_path):
+    path = tmp_path / "figure"
+    check_png(path, sgm.plot.sample_grid(RNG.uniform(size=(4, 1, 6, 6)), path))
+    assert [p.name for p in tmp_path.iterdir()] == ["figure"]  # no ".png" added, no temp file left
+
+
+def test_sample_grid_places_every_image(tmp_path):
+    """Black images on white padding: 6 images, 3 per row, 1-pixel gaps at zoom z give black
+    blocks in a 2 x 3 arrangement."""
+    path = sgm.plot.sample_grid(np.zeros((6, 1, 5, 5)), tmp_path / "g.png", nrow=3)
+    with Image.open(path) as img:
+        grey = np.asarray(img.convert("L")) < 128
+    rows = np.flatnonzero(np.diff(grey.any(axis=1).astype(int)) == 1)
+    cols = np.flatnonzero(np.diff(grey.any(axis=0).astype(int)) == 1)
+    assert len(rows) == 2 and len(cols) == 3
+
+
+def test_sample_grid_rejects_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        sgm.plot.sample_grid(np.zeros((2, 2, 4, 4)), tmp_path / "bad.png")
+
+
+def test_scatter_2d_with_reference_and_jax_density(tmp_path):
+    x = RNG.normal(size=(300, 2)) + [1.0, 0.0]
+    ref = jax.numpy.asarray(RNG.normal(size=(300, 2)))  # jax arrays are accepted too
+    x[0] = [100.0, 0.0]  # an outlier is noted, not allowed to stretch the window
+    x[1] = np.nan
+    path = sgm.plot.scatter_2d(x, tmp_path / "s.png", reference=ref, log_prob=GM_LOGP,
+                               n=40, title="mixture")
+    check_png(tmp_path / "s.png", path)
+
+
+def test_scatter_2d_alone(tmp_path):
+    path = sgm.plot.scatter_2d(RNG.normal(size=(50, 2)), tmp_path / "s.png", lim=3)
+    check_png(tmp_path / "s.png", path)
+
+
+def test_density_2d_with_empty_regions(tmp_path):
+    """The checkerboard's log-density is -inf off its support."""
+    path = sgm.plot.density_2d(lambda x: toy.log_prob("checkerboard", x), tmp_path / "d.png",
+                               lim=((-5, 5), (-5, 5)), n=40, title="checkerboard")
+    check_png(tmp_path / "d.png", path)
+
+
+def test_density_2d_unnormalised(tmp_path):
+    """A log-density too large to exponentiate is drawn relative to its maximum."""
+    path = sgm.plot.density_2d(lambda x: 1e4 - np.sum(x**2, axis=-1), tmp_path / "d.png", lim=2,
+                               n=30)
+    check_png(tmp_path / "d.png", path)
+
+
+def test_bad_limits(tmp_path):
+    with pytest.raises(ValueError, match="lim must be"):
+        sgm.plot.density_2d(lambda x: -np.sum(x**2, -1), tmp_path / "d.png", lim=(1, 2, 3))
+
+
+def test_scatter_grid(tmp_path):
+    panels = {"points": RNG.normal(size=(100, 2)), "density": GM_LOGP, "blank": None}
+    path = sgm.plot.scatter_grid(panels, tmp_path / "grid.png", ncols=2, n=40, title="grid")
+    check_png(tmp_path / "grid.png", path)
+
+
+def brownian_paths(scale_end, t_rev=False, n=200, steps=50):
+    ts = np.linspace(0.0, 1.0, steps + 1)
+    x0 = np.where(RNG.random(n) < 0.3, -1.5, 1.5) + 0.3 * RNG.normal(size=n)
+    xs = x0 + np.cumsum(RNG.normal(size=(steps + 1, n)), axis=0) * scale_end / np.sqrt(steps)
+    return (ts[::-1], xs[::-1, :, None]) if t_rev else (ts, xs)
+
+
+def test_sde_paths(tmp_path):
+    """Linear and symlog (VE-like: wide end 50x the data end) axes, forward and reverse time."""
+    paths = {"narrow": brownian_paths(1.0), "wide, reverse": brownian_paths(50.0, t_rev=True)}
+
+    def normal(s):
+        return lambda y: -0.5 * (y / s) ** 2 - np.log(s * np.sqrt(2 * np.pi))
+
+    marginals = {"narrow": (None, normal(1.8)), "wide, reverse": (normal(50.0), None)}
+    path = sgm.plot.sde_paths(paths, tmp_path / "p.png", marginals=marginals, title="paths")
+    check_png(tmp_path / "p.png", path)
+
+
+def test_sde_paths_rejects_mismatched_shapes(tmp_path):
+    with pytest.raises(ValueError, match="paths"):
+        sgm.plot.sde_paths({"bad": (np.zeros(5), np.zeros((4, 3)))}, tmp_path / "p.png")
+
+
+def test_training_curves(tmp_path):
+    metrics = [{"step": s, "loss": 1.0 / (1 + s), "lr": 1e-3, "note": "text"}
+               for s in range(0, 200, 5)]
+    metrics += [{"step": s, "eval_loss": 2.0 / (1 + s), "eval_nll": 3.0 - s / 100,
+                 "bpd": np.float32(1.5)} for s in (50, 100, 150)]
+    metrics.append({"step": 200, "loss": float("nan")})  # skipped, not fatal
+    check_png(tmp_path / "c.png", sgm.plot.training_curves(metrics, tmp_path / "c.png"))
+
+
+def test_training_curves_needs_a_metric(tmp_path):
+    with pytest.raises(ValueError, match="no numeric metric"):
+        sgm.plot.training_curves([{"step": 0, "note": "x"}], tmp_path / "c.png")
+
+
+def test_likelihood_curve(tmp_path):
+    curves = {"exact": ([10, 50, 200], [3.1, 2.9, 2.85]),
+              "hutchinson": ([10, 50, 200], [3.2, 2.95, 2.86])}
+    path = sgm.plot.likelihood_curve(curves, tmp_path / "l.png", reference={"entropy": 2.838})
+    check_png(tmp_path / "l.png", path)
