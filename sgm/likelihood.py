@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import diffrax
 import equinox as eqx
@@ -49,17 +50,21 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
 
 
 @eqx.filter_jit
-def _solve(score, sde, x, keys, exact, rtol, atol, probes, probe, t0, solver, chunk, hutchinson,
-           max_steps):
+def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk, hutchinson,
+           max_steps, sharding):
+    if sharding is not None:  # split the batch over devices; jit partitions the solves
+        x, keys, cond = jax.tree_util.tree_map(
+            lambda a: jax.lax.with_sharding_constraint(a, sharding), (x, keys, cond))
     shape = x.shape[1:]
     dim = math.prod(shape)
     make, adaptive, per_step = ODE_SOLVERS[solver]
 
-    def field(t, state, eps):
+    def field(t, state, args):
         y, _ = state
+        eps, c = args
 
         def v(flat):
-            return sde.ode_drift(score, t, flat.reshape(shape)).reshape(-1)
+            return sde.ode_drift(partial(score, **c), t, flat.reshape(shape)).reshape(-1)
 
         if exact:
             dy, lin = jax.linearize(v, y)
@@ -72,19 +77,19 @@ def _solve(score, sde, x, keys, exact, rtol, atol, probes, probe, t0, solver, ch
             div = jnp.mean(jnp.sum(jax.vmap(lambda e: vjp(e)[0])(eps) * eps, axis=1))
         return dy, div
 
-    def one(xi, ki):
+    def one(xi, ci, ki):
         y0 = xi.reshape(-1)
         eps = None if exact else _probes(ki, probes, dim, probe, y0.dtype)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(field), make(), t0, sde.t1, None, (y0, jnp.zeros((), y0.dtype)),
-            args=eps, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            args=(eps, ci), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
             max_steps=max_steps,
         )
         z, delta = sol.ys[0][-1], sol.ys[1][-1]
         prior = sde.prior_logp(z)
         return prior + delta, z.reshape(shape), prior, delta, sol.stats["num_steps"], sol.result
 
-    logp, z, prior, delta, n_steps, result = jax.vmap(one)(x, keys)
+    logp, z, prior, delta, n_steps, result = jax.vmap(one)(x, cond, keys)
     info = {"nfe": jnp.max(n_steps) * per_step + 1, "z": z, "prior_logp": prior,
             "delta_logp": delta, "num_steps": n_steps}
     return logp, info
@@ -93,7 +98,8 @@ def _solve(score, sde, x, keys, exact, rtol, atol, probes, probe, t0, solver, ch
 def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: bool = True,
                    rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
                    probe: str = "rademacher", t0: float | None = None, solver: str = "tsit5",
-                   chunk: int = 128, hutchinson: str = "jvp", max_steps: int = 16384):
+                   chunk: int = 128, hutchinson: str = "jvp", max_steps: int = 16384,
+                   cond: dict | None = None, sharding=None):
     """log p_t0(x) in nats for each sample of a batch, by the probability-flow ODE.
 
     Arguments:
@@ -109,6 +115,10 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         solver: adaptive diffrax solver, "tsit5" or "dopri5".
         chunk: basis vectors per forward-mode batch for the exact divergence.
         hutchinson: "jvp" (forward mode) or "vjp" (reverse mode) products for the estimator.
+        cond: optional dict of per-sample conditioning arrays (leading axis B), passed to the
+            score as `score(t, x, **cond_i)` (labels or parameters of each test point).
+        sharding: optional `jax.sharding.Sharding` of the batch axis to spread the batch over
+            devices (`sgm.parallel.batch_sharding(mesh)`); B must divide over them.
 
     Returns:
         `(logp, info)`: logp (B,) in nats per sample; info["nfe"] = vector-field evaluations per
@@ -128,8 +138,8 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
     x = jnp.asarray(x)
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
     t0 = sde.t0 if t0 is None else t0
-    return _solve(score, sde, x, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
-                  hutchinson, max_steps)
+    return _solve(score, sde, x, cond or {}, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
+                  hutchinson, max_steps, sharding)
 
 
 def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, hi: float = 1.0):

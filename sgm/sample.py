@@ -13,6 +13,8 @@ Methods:
           Euler-Maruyama predictor step (Song et al. 2021, Algorithms 2-3).
 - "ddpm": ancestral sampling on the discrete chain of the SDE's own marginals (Ho et al. 2020).
 - "ddim": deterministic (eta = 0) or stochastic DDIM (Song, Meng & Ermon 2021).
+- "heun", "dpm2m": few-step probability-flow ODE solvers in sigma = std/scale (EDM's Heun with
+          optional churn; DPM-Solver++(2M)), ending on x_0 (see `sgm.fast`).
 
 "ddpm" and "ddim" use the Gaussian kernel x_t = a(t) x_0 + s(t) eps of the SDE on a time grid
 1 = t_N > ... > t_1 = t_end > t_0 = 0: with alpha = a_i / a_{i-1} and v = s_i^2 - alpha^2 s_{i-1}^2,
@@ -24,6 +26,7 @@ for VE it is Song et al.'s ancestral sampler for SMLD; for SubVP the same formul
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import diffrax
 import equinox as eqx
@@ -32,10 +35,11 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
+from .fast import dpm_solver_2m, edm_heun
 from .sde import AbstractSDE
 from .score import tweedie_x0
 
-METHODS = ("em", "ode", "pc", "ddpm", "ddim")
+METHODS = ("em", "ode", "pc", "ddpm", "ddim", "heun", "dpm2m")
 ODE_SOLVERS = {
     # name: (constructor, adaptive, new vector-field evaluations per step)
     "tsit5": (diffrax.Tsit5, True, 6),
@@ -46,8 +50,11 @@ ODE_SOLVERS = {
 }
 
 
-def _batched(score):
-    return jax.vmap(score, in_axes=(None, 0))
+def _batched(score, cond):
+    """score(t, x) on a batch x (N, ...) at one time t; `cond` a dict of per-sample arrays or None."""
+    if not cond:
+        return jax.vmap(score, in_axes=(None, 0))
+    return lambda t, x: jax.vmap(lambda xi, ci: score(t, xi, **ci))(x, cond)
 
 
 def _progress_hook(progress, done, total):
@@ -55,18 +62,17 @@ def _progress_hook(progress, done, total):
         jax.debug.callback(lambda d: progress(float(d), total), done, ordered=False)
 
 
-def _finish(score, sde, t, x, denoise, clip):
+def _finish(bscore, sde, t, x, denoise, clip):
     """Optional Tweedie step at time t (one more score evaluation) and clipping to the data range."""
     if denoise:
-        x = jax.vmap(lambda xi: tweedie_x0(score, sde, t, xi))(x)
+        x = tweedie_x0(bscore, sde, t, x)
     if clip is not None:
         x = jnp.clip(x, *clip)
     return x, int(denoise)
 
 
-def _em(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path):
+def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path):
     span = sde.t1 - t_end
-    bscore = _batched(score)
 
     # Reverse time tau = t1 - t so that diffrax integrates forwards: dx = -(f - g^2 s) dtau + g dW.
     def drift(tau, x, args):
@@ -86,7 +92,7 @@ def _em(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_pa
         adjoint=diffrax.ForwardMode(), max_steps=steps,
     )
     x = sol.ys[-1]
-    x, extra = _finish(score, sde, t_end, x, denoise, clip)
+    x, extra = _finish(bscore, sde, t_end, x, denoise, clip)
     info = {"nfe": steps + extra}
     if return_path:
         info["path"] = jnp.concatenate([x1[None], sol.ys])
@@ -94,21 +100,18 @@ def _em(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_pa
     return x, info
 
 
-def _ode(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def _ode(bscore, sde, x1, key, *, steps, score, cond, t_end, denoise, clip, progress, return_path,
          solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384):
     if solver not in ODE_SOLVERS:
         raise ConfigError(f"unknown ODE solver {solver!r}; expected one of {', '.join(ODE_SOLVERS)}")
     make, adaptive, per_step = ODE_SOLVERS[solver]
     t1 = sde.t1
 
-    def field(t, x, args):
-        return sde.ode_drift(score, t, x)
-
-    term = diffrax.ODETerm(field)
     if adaptive:
         saveat = diffrax.SaveAt(ts=jnp.linspace(t1, t_end, 65)) if return_path else diffrax.SaveAt(t1=True)
 
-        def solve_one(x):
+        def solve_one(x, c):
+            term = diffrax.ODETerm(lambda t, y, args: sde.ode_drift(partial(score, **c), t, y))
             sol = diffrax.diffeqsolve(
                 term, make(), t1, t_end, None, x, saveat=saveat,
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
@@ -116,7 +119,7 @@ def _ode(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
             )
             return sol.ys, sol.stats["num_steps"]
 
-        ys, n_steps = jax.vmap(solve_one)(x1)
+        ys, n_steps = jax.vmap(solve_one)(x1, cond or {})
         ys = jnp.moveaxis(ys, 0, 1)
         # Tsit5/Dopri5: one evaluation to start (first-same-as-last) and 6 new ones per attempted
         # step, accepted or rejected; tests count the calls. The batch runs to its slowest sample.
@@ -126,7 +129,7 @@ def _ode(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
 
         def bfield(t, x, args):
             _progress_hook(progress, (t1 - t) / (t1 - t_end) * steps, steps)
-            return jax.vmap(lambda xi: field(t, xi, args))(x)
+            return sde.ode_drift(bscore, t, x)
 
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(bfield), make(), t1, t_end, None, x1,
@@ -135,7 +138,7 @@ def _ode(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
         )
         ys = sol.ys
         nfe = steps * per_step
-    x, extra = _finish(score, sde, t_end, ys[-1], denoise, clip)
+    x, extra = _finish(bscore, sde, t_end, ys[-1], denoise, clip)
     info = {"nfe": nfe + extra}
     if return_path:
         info["path"] = ys if adaptive else jnp.concatenate([x1[None], ys])
@@ -143,9 +146,8 @@ def _ode(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     return x, info
 
 
-def _pc(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
         snr=0.16, corrector_steps=1):
-    bscore = _batched(score)
     ts = jnp.linspace(sde.t1, t_end, steps + 1)
     n = x1.shape[0]
 
@@ -174,18 +176,17 @@ def _pc(score, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_pa
 
     keys = jax.random.split(key, steps)
     x, path = jax.lax.scan(body, x1, (jnp.arange(steps), ts[:-1], ts[1:], keys))
-    x, extra = _finish(score, sde, t_end, x, denoise, clip)
+    x, extra = _finish(bscore, sde, t_end, x, denoise, clip)
     info = {"nfe": steps * (1 + corrector_steps) + extra}
     if return_path:
         info["path"], info["path_t"] = jnp.concatenate([x1[None], path]), ts
     return x, info
 
 
-def _discrete(score, sde, x1, key, *, steps, t_end, clip, progress, return_path,
+def _discrete(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_path,
               ddim, eta=0.0, variance="posterior"):
     if variance not in ("posterior", "forward"):
         raise ConfigError(f"unknown ancestral variance {variance!r}; expected 'posterior' or 'forward'")
-    bscore = _batched(score)
     ts = jnp.concatenate([jnp.linspace(sde.t1, t_end, steps), jnp.zeros(1)])
 
     def body(x, inp):
@@ -219,31 +220,40 @@ def _discrete(score, sde, x1, key, *, steps, t_end, clip, progress, return_path,
     return x, info
 
 
-_DEFAULT_STEPS = {"em": 1000, "ode": None, "pc": 1000, "ddpm": 1000, "ddim": 50}
+_DEFAULT_STEPS = {"em": 1000, "ode": None, "pc": 1000, "ddpm": 1000, "ddim": 50, "heun": 18,
+                  "dpm2m": 20}
 
 
 @eqx.filter_jit
 def _run(score, sde, shape, key, num, method, steps, t_end, denoise, clip, progress, return_path,
-         options):
+         cond, sharding, options):
     k_prior, k_run = jax.random.split(key)
     x1 = sde.prior_sample(k_prior, (num, *shape))
+    if sharding is not None:  # split the batch over devices; jit partitions everything after it
+        x1 = jax.lax.with_sharding_constraint(x1, sharding)
+        cond = jax.tree_util.tree_map(lambda c: jax.lax.with_sharding_constraint(c, sharding), cond)
+    bscore = _batched(score, cond)
     common = dict(steps=steps, t_end=t_end, denoise=denoise, clip=clip, progress=progress,
                   return_path=return_path)
     if method == "em":
-        return _em(score, sde, x1, k_run, **common, **options)
+        return _em(bscore, sde, x1, k_run, **common, **options)
     if method == "ode":
-        return _ode(score, sde, x1, k_run, **common, **options)
+        return _ode(bscore, sde, x1, k_run, score=score, cond=cond, **common, **options)
     if method == "pc":
-        return _pc(score, sde, x1, k_run, **common, **options)
-    common.pop("denoise")
-    return _discrete(score, sde, x1, k_run, **common, ddim=method == "ddim", **options)
+        return _pc(bscore, sde, x1, k_run, **common, **options)
+    common.pop("denoise")  # the remaining methods end on x_0 by construction
+    if method == "heun":
+        return edm_heun(bscore, sde, x1, k_run, **common, **options)
+    if method == "dpm2m":
+        return dpm_solver_2m(bscore, sde, x1, k_run, **common, **options)
+    return _discrete(bscore, sde, x1, k_run, **common, ddim=method == "ddim", **options)
 
 
 def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, num: int,
            method: str = "em", steps: int | None = None, t_end: float | None = None,
            denoise: bool | None = None, clip: tuple[float, float] | None = None,
            progress: Callable[[float, int], None] | None = None, return_path: bool = False,
-           **options):
+           cond: dict | None = None, sharding=None, **options):
     """Draws `num` samples of shape `shape` by integrating from the prior at t1 down to `t_end`.
 
     Arguments:
@@ -252,17 +262,23 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         shape: shape of one sample.
         key: PRNG key (prior draw and the sampler's noise).
         num: number of samples.
-        method: "em", "ode", "pc", "ddpm" or "ddim".
+        method: "em", "ode", "pc", "ddpm", "ddim", "heun" or "dpm2m".
         steps: number of steps (defaults: em/pc/ddpm 1000, ddim 50; "ode" is adaptive unless a
-            fixed-step `solver` is chosen, default 100 steps then).
+            fixed-step `solver` is chosen, default 100 steps then); heun 18 (NFE 2 steps - 1), dpm2m
+            20 (NFE = steps).
         t_end: final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE).
         denoise: end with a Tweedie step E[x_0 | x_t_end] (default on for em/pc, off for ode).
         clip: (lo, hi) data range to clip predicted x_0 (ddpm/ddim) and the final samples.
         progress: hook `progress(steps_done, total)` called from fixed-step methods.
         return_path: also return `info["path"]` (steps, num, *shape) and `info["path_t"]`.
+        cond: optional dict of per-sample conditioning arrays (leading axis `num`), passed to the
+            score as `score(t, x, **cond_i)`; constant conditioning is better closed over.
+        sharding: optional `jax.sharding.Sharding` of the batch axis (e.g.
+            `sgm.parallel.batch_sharding(mesh)`): samples are then drawn on all devices at once.
         options: method options — ode: solver ("tsit5", "dopri5", "euler", "heun", "midpoint"),
             rtol, atol, max_steps; pc: snr, corrector_steps; ddim: eta; ddpm: variance
-            ("posterior" or "forward").
+            ("posterior" or "forward"); heun: grid ("karras", "logsnr", "time"), rho, s_churn,
+            s_tmin, s_tmax, s_noise; dpm2m: grid, rho.
 
     Returns:
         `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.
@@ -284,4 +300,4 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
     if denoise is None:
         denoise = method in ("em", "pc")
     return _run(score, sde, tuple(shape), key, num, method, steps, t_end, bool(denoise),
-                None if clip is None else tuple(clip), progress, return_path, options)
+                None if clip is None else tuple(clip), progress, return_path, cond, sharding, options)

@@ -79,17 +79,19 @@ class GuidedScore(eqx.Module):
 
         score = (1 + w) score(t, x | label) - w score(t, x | null)
 
-    `label` is closed over, so the result is a plain `score(t, x)` every sampler accepts.
+    With `label` set it is a plain `score(t, x)` every sampler accepts; with `label=None` the label
+    is given per call, `score(t, x, label=...)` (per-sample labels through the samplers' `cond`).
     `null_label` is the extra "no label" index the network was trained with (label dropout).
     """
 
     model: eqx.Module
-    label: jax.Array
+    label: jax.Array | None
     null_label: int = eqx.field(static=True)
     weight: float = 1.0
 
-    def __call__(self, t, x):
-        cond = self.model(t, x, label=self.label)
+    def __call__(self, t, x, label=None):
+        label = self.label if label is None else label
+        cond = self.model(t, x, label=label)
         if isinstance(self.weight, (int, float)) and self.weight == 0:
             return cond
         uncond = self.model(t, x, label=jnp.asarray(self.null_label))

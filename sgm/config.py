@@ -1,0 +1,314 @@
+"""Typed, frozen experiment configs; validation; `section.field=value` overrides; JSON round trip.
+
+A config file in `configs/` is a Python module defining `config = Config(...)`. The command line
+turns `--set train.steps=2000 model.width=128` into a new frozen config with the values converted
+to each field's declared type, and `validate` refuses out-of-range values with one sentence naming
+the field, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+SDE_KINDS = ("vp", "subvp", "ve")
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid", "scaled_linear")
+NETS = ("mlp", "unet", "dit")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "eight_gaussians"
+    root: str | None = None  # folder of on-disk datasets (default data/<name>)
+    n_train: int | None = None
+    n_test: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    standardize: bool = True  # continuous data: fit mean/std on train (reported NLL is in data units)
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    kind: str = "vp"
+    schedule: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t0: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    net: str = "mlp"
+    param: str = "eps"
+    width: int = 128  # MLP hidden width / DiT token width
+    depth: int = 3  # MLP residual blocks / DiT blocks
+    base: int = 32  # UNet base channels
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = ()
+    heads: int = 4
+    patch: int = 2
+    dropout: float = 0.0
+    conditional: bool = False  # condition on the dataset's labels or parameters
+    label_dropout: float = 0.0  # classifier-free guidance: probability of the null label
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 256  # global batch, split over all devices
+    grad_accum: int = 1  # micro-batches per step (for global batches that do not fit)
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    warmup: int = 200
+    decay: str = "cosine"  # or "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    weighting: str = "sigma2"
+    importance: bool = False
+    time_sampling: str = "stratified"
+    reduce: str = "mean"
+    log_every: int = 100
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 2
+    on_nan: str = "stop"  # or "skip"
+    eval_num: int = 512  # held-out points for loss / likelihood during training
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    method: str = "em"
+    steps: int = 500
+    num: int = 2000
+    t_end: float | None = None
+    snr: float = 0.16
+    eta: float = 0.0
+    guidance: float = 0.0
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class LikelihoodConfig:
+    num: int = 1000
+    exact: bool = True
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    probes: int = 1
+    dequant_samples: int = 1
+    batch: int = 250
+    seed: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "eight_gaussians"
+    data: DataConfig = field(default_factory=DataConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _convert(text: str, tp, where: str):
+    """Parses `text` as type `tp` (int, float, str, bool, None-able, tuple[int, ...])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _convert(text, args[0], where)
+    if origin is tuple:
+        (item, *_) = typing.get_args(tp)
+        body = text.strip().strip("()[]")
+        return tuple(_convert(p.strip(), item, where) for p in body.split(",") if p.strip())
+    if tp is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{where}={text!r} is not a boolean: expected true or false.")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{where}={text!r} is not an integer.") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{where}={text!r} is not a number.") from None
+    return text
+
+
+def override(config: Config, assignments: list[str]) -> Config:
+    """Applies `section.field=value` strings, type-checked against the dataclass fields."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value.")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) == 1 and parts[0] == "name":
+            config = dataclasses.replace(config, name=text)
+            continue
+        sections = {f.name for f in dataclasses.fields(config)} - {"name"}
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(f"unknown config key {path!r}: expected section.field with section one "
+                              f"of {', '.join(sorted(sections))}.")
+        sec_name, fld = parts
+        section = getattr(config, sec_name)
+        hints = _hints(type(section))
+        if fld not in hints:
+            raise ConfigError(f"unknown config key {path!r}: {sec_name} has fields "
+                              f"{', '.join(hints)}.")
+        value = _convert(text.strip(), hints[fld], path)
+        config = dataclasses.replace(config, **{sec_name: dataclasses.replace(section, **{fld: value})})
+    return config
+
+
+def load_file(path: str | Path) -> Config:
+    """Imports a config module and returns its `config` (a `Config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: expected a Python file defining "
+                          f"`config = Config(...)` (see configs/).")
+    spec = importlib.util.spec_from_file_location(f"sgm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    flag, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = flag
+    config = getattr(module, "config", None)
+    if not isinstance(config, Config):
+        raise ConfigError(f"config file {str(path)!r} must define `config = Config(...)`.")
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `to_dict` (lists become tuples where the field is a tuple)."""
+    kwargs = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "name":
+            kwargs["name"] = d["name"]
+            continue
+        cls = _hints(Config)[f.name]
+        hints = _hints(cls)
+        vals = {k: tuple(v) if isinstance(v, list) else v for k, v in d[f.name].items() if k in hints}
+        kwargs[f.name] = cls(**vals)
+    return Config(**kwargs)
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2)
+
+
+def _expect(cond: bool, where: str, value, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}={value!r} is invalid: expected {expected}.")
+
+
+def validate(config: Config) -> Config:
+    """Checks types and ranges of every field; returns the config unchanged or raises ConfigError."""
+    for sec in dataclasses.fields(config):
+        section = getattr(config, sec.name)
+        if sec.name == "name":
+            _expect(isinstance(section, str) and section, "name", section, "a non-empty string")
+            continue
+        for fld, tp in _hints(type(section)).items():
+            v = getattr(section, fld)
+            where = f"{sec.name}.{fld}"
+            optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+            base = [a for a in typing.get_args(tp) if a is not type(None)][0] if optional else tp
+            if v is None:
+                _expect(optional, where, v, f"a value of type {getattr(base, '__name__', base)}")
+                continue
+            if typing.get_origin(base) is tuple:
+                _expect(isinstance(v, tuple) and all(isinstance(i, int) for i in v), where, v,
+                        "a tuple of integers")
+            elif base is float:
+                _expect(isinstance(v, (int, float)) and not isinstance(v, bool), where, v, "a number")
+            elif base is int:
+                _expect(isinstance(v, int) and not isinstance(v, bool), where, v, "an integer")
+            elif base is bool:
+                _expect(isinstance(v, bool), where, v, "true or false")
+            elif base is str:
+                _expect(isinstance(v, str), where, v, "a string")
+    d, s, m, t, smp, lik = (config.data, config.sde, config.model, config.train, config.sample,
+                            config.likelihood)
+    from .data import NAMES as DATASETS
+    from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS
+    from .sample import METHODS
+    from .score import PARAMETERISATIONS
+
+    _expect(d.name in DATASETS, "data.name", d.name, f"one of {', '.join(DATASETS)}")
+    for f in ("n_train", "n_test", "image_size"):
+        v = getattr(d, f)
+        _expect(v is None or v > 0, f"data.{f}", v, "a positive integer or none")
+    _expect(s.kind in SDE_KINDS, "sde.kind", s.kind, f"one of {', '.join(SDE_KINDS)}")
+    _expect(s.schedule in SCHEDULES, "sde.schedule", s.schedule, f"one of {', '.join(SCHEDULES)}")
+    _expect(0 <= s.beta_min < s.beta_max, "sde.beta_min", s.beta_min,
+            f"0 <= beta_min < beta_max (beta_max={s.beta_max})")
+    _expect(0 < s.sigma_min < s.sigma_max, "sde.sigma_min", s.sigma_min,
+            f"0 < sigma_min < sigma_max (sigma_max={s.sigma_max})")
+    _expect(0 < s.t0 < 0.1, "sde.t0", s.t0, "a small positive time in (0, 0.1)")
+    _expect(m.net in NETS, "model.net", m.net, f"one of {', '.join(NETS)}")
+    _expect(m.param in PARAMETERISATIONS, "model.param", m.param,
+            f"one of {', '.join(PARAMETERISATIONS)}")
+    for f in ("width", "depth", "base", "num_res_blocks", "heads", "patch"):
+        _expect(getattr(m, f) > 0, f"model.{f}", getattr(m, f), "a positive integer")
+    _expect(len(m.channel_mults) > 0 and min(m.channel_mults) > 0, "model.channel_mults",
+            m.channel_mults, "a non-empty tuple of positive integers")
+    _expect(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
+    _expect(0 <= m.label_dropout < 1, "model.label_dropout", m.label_dropout, "a probability in [0, 1)")
+    for f in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "eval_num"):
+        _expect(getattr(t, f) > 0, f"train.{f}", getattr(t, f), "a positive integer")
+    for f in ("warmup", "eval_every", "ckpt_every"):
+        _expect(getattr(t, f) >= 0, f"train.{f}", getattr(t, f), "a non-negative integer")
+    _expect(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
+            f"a divisor of train.batch_size={t.batch_size}")
+    _expect(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "adam or adamw")
+    _expect(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
+    _expect(t.decay in ("cosine", "constant"), "train.decay", t.decay, "cosine or constant")
+    _expect(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a non-negative number")
+    _expect(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a non-negative number (0: off)")
+    _expect(0 <= t.ema < 1, "train.ema", t.ema, "a decay in [0, 1)")
+    _expect(t.weighting in WEIGHTINGS, "train.weighting", t.weighting, f"one of {', '.join(WEIGHTINGS)}")
+    _expect(t.time_sampling in TIME_SAMPLINGS, "train.time_sampling", t.time_sampling,
+            f"one of {', '.join(TIME_SAMPLINGS)}")
+    _expect(t.reduce in REDUCTIONS, "train.reduce", t.reduce, f"one of {', '.join(REDUCTIONS)}")
+    _expect(t.on_nan in ("stop", "skip"), "train.on_nan", t.on_nan, "stop or skip")
+    _expect(smp.method in METHODS, "sample.method", smp.method, f"one of {', '.join(METHODS)}")
+    _expect(smp.steps > 0, "sample.steps", smp.steps, "a positive integer")
+    _expect(smp.num > 0, "sample.num", smp.num, "a positive integer")
+    _expect(smp.t_end is None or 0 < smp.t_end < 1, "sample.t_end", smp.t_end, "a time in (0, 1)")
+    _expect(smp.eta >= 0, "sample.eta", smp.eta, "a non-negative number")
+    _expect(smp.snr > 0, "sample.snr", smp.snr, "a positive number")
+    for f in ("num", "probes", "dequant_samples", "batch"):
+        _expect(getattr(lik, f) > 0, f"likelihood.{f}", getattr(lik, f), "a positive integer")
+    _expect(lik.rtol > 0 and lik.atol > 0, "likelihood.rtol", lik.rtol, "positive tolerances")
+    return config

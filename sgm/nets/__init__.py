@@ -1,0 +1,54 @@
+"""Score networks: they map `(t, x)` and optional conditioning to an array shaped like `x`.
+
+Every network takes ONE unbatched sample (batch with `jax.vmap`) and knows nothing about SDEs;
+`sgm.score` turns its output into a score for a given SDE and parameterisation.
+
+    MLP   vectors `(d,)`                        residual MLP
+    UNet  images `(c, h, w)`                    Ho et al. 2020 / Song et al. 2021
+    DiT   images `(c, h, w)`                    Peebles & Xie 2023
+
+All share the call `net(t, x, *, label=None, param=None, image=None, key=None)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, drop_labels, time_features
+from sgm.nets.mlp import MLP
+from sgm.nets.transformer import DiT
+from sgm.nets.unet import UNet
+
+__all__ = [
+    "MLP",
+    "UNet",
+    "DiT",
+    "ConditionEmbedding",
+    "TimeEmbedding",
+    "drop_labels",
+    "time_features",
+    "param_count",
+    "summary",
+]
+
+
+def param_count(model: eqx.Module) -> int:
+    """Number of trainable scalars: the total size of every floating-point array leaf."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))
+
+
+def summary(model: eqx.Module) -> str:
+    """A short multi-line description: class name, its static sizes and flags, parameter count."""
+    lines = [type(model).__name__]
+    for field in dataclasses.fields(model):
+        if field.metadata.get("static", False):
+            value = getattr(model, field.name)
+            if value is not None and value != 0 or field.name == "dropout":
+                lines.append(f"  {field.name:<16} {value}")
+    lines.append(f"  {'parameters':<16} {param_count(model):,}")
+    return "\n".join(lines)

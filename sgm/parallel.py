@@ -1,0 +1,117 @@
+"""One code path for 1 device, N devices and N hosts: a device mesh with a data axis.
+
+Batches are global `jax.Array`s split along the mesh's "data" axis (`NamedSharding`), parameters,
+EMA and optimiser state are replicated, and `jit` partitions the step (GSPMD): the gradient of a
+batch mean becomes an all-reduce, with no hand-written communication. Sampling and likelihoods
+shard their batch the same way. On several hosts each process feeds its own slice of the global
+batch (`jax.make_array_from_process_local_data`), after `initialize()` has started JAX's
+distributed runtime.
+"""
+
+from __future__ import annotations
+
+import os
+
+import equinox as eqx
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .errors import ConfigError
+
+AXIS = "data"
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Starts JAX's distributed runtime when launched as several processes.
+
+    Arguments default to the environment variables SGM_COORDINATOR (host:port), SGM_NUM_PROCESSES
+    and SGM_PROCESS_ID; with none of them set and a single process nothing happens. Under SLURM
+    (SLURM_NTASKS > 1), JAX reads the cluster from SLURM's own variables. On CPU, cross-process
+    collectives use gloo.
+    """
+    coordinator = coordinator or os.environ.get("SGM_COORDINATOR")
+    num_processes = num_processes or int(os.environ.get("SGM_NUM_PROCESSES", "0") or 0) or None
+    if process_id is None and os.environ.get("SGM_PROCESS_ID"):
+        process_id = int(os.environ["SGM_PROCESS_ID"])
+    slurm = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    if coordinator is None and not slurm and (num_processes or 1) == 1:
+        return
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # older/newer JAX without the option: the default is used
+        pass
+    if coordinator is None:
+        jax.distributed.initialize()
+    else:
+        if num_processes is None or process_id is None:
+            raise ConfigError("multi-host start needs the number of processes and this process's id "
+                              "(SGM_NUM_PROCESSES, SGM_PROCESS_ID or --num-processes/--process-id).")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first `num_devices` devices (default: all devices of all processes)."""
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 0 < num_devices <= len(devices):
+            raise ConfigError(f"a mesh of {num_devices} devices was asked for but {len(devices)} are "
+                              f"present.")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the mesh, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    """The global batch must split evenly over the devices (and over the processes)."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ConfigError(f"{what}={batch_size} does not divide over the {n} devices: expected a "
+                          f"multiple of {n}.")
+
+
+def put_batch(x, mesh: Mesh):
+    """This process's slice of a global batch -> a global array split along the data axis.
+
+    With one process the slice is the whole batch. `None` passes through; pytrees are mapped.
+    """
+    sharding = batch_sharding(mesh)
+
+    def put(a):
+        if a is None:
+            return None
+        if jax.process_count() == 1:
+            return jax.device_put(a, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a))
+
+    return jax.tree_util.tree_map(put, x)
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Every array leaf of `tree` replicated over the mesh (other leaves untouched)."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.device_put(arrays, replicated(mesh)), static)
+
+
+def gather(x) -> np.ndarray:
+    """A (possibly sharded, possibly multi-process) array as one host numpy array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes checkpoints, metrics and figures."""
+    return jax.process_index() == 0

@@ -1,0 +1,231 @@
+"""Score networks: conditioning actually reaches the output, shapes, dropout, errors, and learning.
+
+Networks are tiny and images small so that the whole file runs in well under a minute on a CPU.
+Output layers start at zero by design (adaLN-Zero, zero-initialised final convs), so tests that
+ask "does the output depend on X" first perturb every weight.
+"""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sgm.errors import ConfigError
+from sgm.nets import MLP, DiT, UNet, drop_labels, param_count, summary
+from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
+
+NETS = ["mlp", "unet", "dit"]
+CONDS = ["none", "label", "param", "image"]
+NUM_CLASSES, PARAM_DIM = 3, 2
+
+# Compiling, not running, dominates these tests on a small CPU; XLA's lowest backend optimisation
+# level halves compile time (tiny networks run a little slower, which costs nothing here).
+jit = functools.partial(eqx.filter_jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def init_key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
+def normal(seed, shape):
+    """Standard normal test data, drawn with NumPy (no per-shape JAX kernel to compile)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@functools.cache
+def make(name, cond="none", *, dropout=0.0, seed=0):
+    """A tiny network of kind `name` with one conditioning type, and the shape of its input.
+
+    Cached, and initialised from an "rbg" key: building a network compiles one random-number kernel
+    per new weight shape, which on a small CPU costs far more than running the network, and the
+    rbg kernels compile about three times faster than threefry ones.
+    """
+    kw = dict(dropout=dropout, key=init_key(seed))
+    if cond == "label":
+        kw["num_classes"] = NUM_CLASSES
+    if cond == "param":
+        kw["param_dim"] = PARAM_DIM
+    if name == "mlp":
+        kw.update(width=32, depth=2, time_dim=16, cond_dim=3 if cond == "image" else None)
+        return MLP(6, **kw), (6,)
+    kw["cond_channels"] = 1 if cond == "image" else 0
+    if name == "unet":
+        kw.update(base=8, channel_mults=(1, 2), attn_resolutions=(4,), heads=2)
+        return UNet(1, 8, **kw), (1, 8, 8)
+    kw.update(patch=2, width=32, depth=2, heads=2)
+    return DiT(1, 8, **kw), (1, 8, 8)
+
+
+def perturb(model, seed, scale=0.1):
+    """Add Gaussian noise to every floating-point weight, so zero-initialised layers come alive.
+
+    The noise is drawn with NumPy: no JAX kernel is compiled per weight shape.
+    """
+    rng = np.random.default_rng(seed)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape), x.dtype), params
+    )
+    return eqx.combine(params, static)
+
+
+def cond_batch(cond, shape, seed):
+    """Conditioning for a batch of three calls: calls 0 and 1 share it, call 2 differs."""
+    if cond == "none":
+        return {}
+    if cond == "label":
+        return {"label": jnp.array([0, 0, 2])}
+    if cond == "param":
+        p = normal(seed, (2, PARAM_DIM))
+        return {"param": p[jnp.array([0, 0, 1])]}
+    img_shape = (3,) if len(shape) == 1 else (1, *shape[1:])
+    img = normal(seed, (2, *img_shape))
+    return {"image": img[jnp.array([0, 0, 1])]}
+
+
+@pytest.mark.parametrize("cond", CONDS)
+@pytest.mark.parametrize("name", NETS)
+def test_shape_and_dependence_on_time_and_conditioning(name, cond):
+    net, shape = make(name, cond)
+    net = perturb(net, 1)
+    x = normal(2, shape)
+    t = jnp.array([0.3, 0.7, 0.3])
+    conds = cond_batch(cond, shape, seed=3)
+
+    @jit
+    def run(net, t, conds):
+        return jax.vmap(lambda t, c: net(t, x, **c))(t, conds)
+
+    out = run(net, t, conds)
+    assert out.shape == (3, *shape)
+    assert bool(jnp.all(jnp.isfinite(out)))
+    scale = float(jnp.abs(out[0]).mean())
+    assert scale > 0
+    assert float(jnp.abs(out[1] - out[0]).mean()) > 1e-2 * scale  # t changes the output
+    if cond != "none":
+        assert float(jnp.abs(out[2] - out[0]).mean()) > 1e-2 * scale  # conditioning does
+
+
+def test_null_label_is_none_or_num_classes():
+    """All three networks take their label through ConditionEmbedding; None is the last row."""
+    embed = ConditionEmbedding(16, num_classes=NUM_CLASSES, key=init_key(0))
+    null = embed(0.5, None)
+    assert jnp.array_equal(null, embed(0.5, jnp.array(NUM_CLASSES)))
+    assert not jnp.allclose(null, embed(0.5, jnp.array(0)))
+    assert embed.label.weight.shape == (NUM_CLASSES + 1, 16)
+
+
+def test_time_embedding_resolves_small_times():
+    f_small, f_mid = time_features(1e-5, 64), time_features(1e-3, 64)
+    assert float(jnp.linalg.norm(f_small - f_mid)) > 0.5 * float(jnp.linalg.norm(f_small))
+    assert bool(jnp.all(jnp.isfinite(time_features(0.0, 64))))
+    emb = TimeEmbedding(32, key=init_key(0))
+    e_small, e_mid = emb(1e-5), emb(1e-3)
+    assert float(jnp.linalg.norm(e_small - e_mid)) > 0.2 * float(jnp.linalg.norm(e_small))
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_dropout_only_with_a_key(name):
+    net, shape = make(name, "none", dropout=0.5)
+    net = perturb(net, 4)
+    x = normal(5, shape)
+    keys = jax.random.split(jax.random.PRNGKey(6), 2)
+
+    @jit
+    def run(net, keys):
+        return net(0.5, x), jax.vmap(lambda k: net(0.5, x, key=k))(keys[jnp.array([0, 1, 0])])
+
+    plain, (d1, d2, d1_again) = run(net, keys)
+    assert jnp.array_equal(plain, run(net, keys)[0])  # key=None: deterministic
+    assert not jnp.allclose(d1, plain, atol=1e-5)  # a key switches dropout on
+    assert not jnp.allclose(d1, d2, atol=1e-5)  # different keys, different masks
+    assert jnp.array_equal(d1, d1_again)
+
+
+@pytest.mark.parametrize(
+    "channels, size, mults",
+    [(1, 28, (1, 2, 2)), (1, 28, (1, 2, 2, 2)), (3, 32, (1, 2, 2))],
+)
+def test_unet_image_sizes(channels, size, mults):
+    """28 -> 14 -> 7 needs no padding; with four levels 28 is padded to 32; 8x8 is in every test."""
+    net = UNet(channels, size, base=8, channel_mults=mults, heads=2, key=init_key(0))
+    net = perturb(net, 1)
+    x = normal(2, (channels, size, size))
+    # Second input differs in the last pixel only; the output's last pixel must notice, which
+    # fails if padding were cropped back at the wrong offset.
+    xs = jnp.stack([x, x.at[:, -1, -1].add(1.0)])
+    out = jit(lambda net, xs: jax.vmap(lambda x: net(0.1, x))(xs))(net, xs)
+    assert out.shape == (2, *x.shape)
+    assert bool(jnp.all(jnp.isfinite(out)))
+    assert float(jnp.abs(out[1, :, -1, -1] - out[0, :, -1, -1]).max()) > 1e-4
+
+
+def test_clear_errors():
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ConfigError, match="patch=3 must divide"):
+        DiT(1, 8, patch=3, width=32, depth=1, heads=2, key=key)
+    with pytest.raises(ConfigError, match="attn_resolutions"):
+        UNet(1, 28, base=8, attn_resolutions=(16,), heads=2, key=key)
+    with pytest.raises(ConfigError, match="heads"):
+        UNet(1, 8, base=8, heads=3, key=key)
+    net, shape = make("unet", "image")
+    with pytest.raises(ValueError, match="needs `image`"):
+        net(0.5, jnp.ones(shape))
+    net, shape = make("mlp")
+    with pytest.raises(ValueError, match="num_classes=None"):
+        net(0.5, jnp.ones(shape), label=jnp.array(1))
+
+
+def test_drop_labels():
+    labels = jnp.arange(10_000) % NUM_CLASSES
+    key = jax.random.PRNGKey(0)
+    assert jnp.array_equal(drop_labels(key, labels, 0.0, NUM_CLASSES), labels)
+    assert bool(jnp.all(drop_labels(key, labels, 1.0, NUM_CLASSES) == NUM_CLASSES))
+    out = drop_labels(key, labels, 0.2, NUM_CLASSES)
+    assert out.shape == labels.shape and out.dtype == labels.dtype
+    dropped = out == NUM_CLASSES
+    assert abs(float(dropped.mean()) - 0.2) < 0.02
+    assert jnp.array_equal(out[~dropped], labels[~dropped])
+
+
+def test_param_count_and_summary():
+    net = MLP(2, width=8, depth=1, time_dim=4, key=init_key(0))
+    time_mlp = (4 * 4 + 4) + (4 * 4 + 4)
+    block = 2 * 8 + (8 * 8 + 8) + (4 * 8 + 8) + (8 * 8 + 8)
+    expected = time_mlp + (2 * 8 + 8) + block + 2 * 8 + (8 * 2 + 2)
+    assert param_count(net) == expected
+    text = summary(net)
+    assert text.splitlines()[0] == "MLP" and f"{expected:,}" in text and "width" in text
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_learns_denoising_regression(name):
+    """Fit eps from x_t = x0 + t eps at fixed (x0, t, eps): loss must fall below 0.3x its start."""
+    net, shape = make(name, "none")
+    n = 16
+    x0, eps = normal(1, (n, *shape)), normal(2, (n, *shape))
+    t = jnp.linspace(0.2, 1.0, n)
+    xt = x0 + t.reshape(-1, *[1] * len(shape)) * eps
+
+    def loss_fn(net):
+        return jnp.mean((jax.vmap(net)(t, xt) - eps) ** 2)
+
+    optim = optax.adam(3e-3)
+    state = optim.init(eqx.filter(net, eqx.is_inexact_array))
+
+    @jit
+    def step(net, state):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(net)
+        updates, state = optim.update(grads, state, eqx.filter(net, eqx.is_inexact_array))
+        return eqx.apply_updates(net, updates), state, loss
+
+    losses = []  # each step returns the loss before its update
+    for _ in range(121):
+        net, state, loss = step(net, state)
+        losses.append(float(loss))
+    start, final = losses[0], losses[-1]
+    assert np.isfinite(final) and final < 0.3 * start, (start, final)

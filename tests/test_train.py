@@ -1,0 +1,154 @@
+"""Training end to end through main.py: outputs, exact resume, clear errors, checkpoints."""
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import main  # noqa: E402
+from sgm import checkpoint as ckpt  # noqa: E402
+from sgm import config as C  # noqa: E402
+from sgm import data, train  # noqa: E402
+from sgm.errors import CheckpointError  # noqa: E402
+
+TINY = ["train.steps=12", "train.batch_size=32", "train.log_every=4", "train.ckpt_every=4",
+        "train.warmup=2", "model.width=16", "model.depth=1", "data.n_train=512", "data.n_test=64",
+        "sample.num=32", "sample.steps=10", "likelihood.num=8", "likelihood.batch=8",
+        "likelihood.rtol=1e-3", "likelihood.atol=1e-3", "train.eval_num=16"]
+
+
+def run_main(tmp_path, *extra, name="run", mode="all", config=None):
+    argv = ([config] if config else []) + ["--workdir", str(tmp_path / name), "--mode", mode,
+                                           "--no-progress", "--set", *TINY, *extra]
+    return main.main(argv)
+
+
+def leaves(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_end_to_end_writes_outputs(tmp_path, capsys):
+    assert run_main(tmp_path) == 0
+    wd = tmp_path / "run"
+    cfg = json.loads((wd / "config.json").read_text())
+    assert cfg["train"]["steps"] == 12 and cfg["data"]["name"] == "eight_gaussians"
+    rows = [json.loads(r) for r in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [4, 8, 12]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert [p.name for p in ckpt.list_checkpoints(wd / "checkpoints")] == ["ckpt_000000008.npz",
+                                                                          "ckpt_000000012.npz"]
+    with np.load(wd / "samples.npz", allow_pickle=False) as f:
+        assert f["samples"].shape == (32, 2) and np.all(np.isfinite(f["samples"]))
+    lik = json.loads((wd / "likelihood.json").read_text())
+    assert np.isfinite(lik["nll"]) and lik["num"] == 8
+    assert (wd / "figs" / "samples.png").stat().st_size > 0
+    assert "test NLL" in capsys.readouterr().out
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    assert run_main(tmp_path, name="straight", mode="train") == 0
+    # Interrupted run: stop after the step-4 checkpoint, then rerun the same command.
+    cfg = C.validate(C.override(C.load_file(main.DEFAULT_CONFIG), TINY))
+    ds = data.load(cfg.data.name, n_train=cfg.data.n_train, n_test=cfg.data.n_test, seed=cfg.data.seed)
+    state, opt = train.init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
+
+    class Stop(Exception):
+        pass
+
+    def stop(rec):
+        if rec["step"] == 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.train(cfg, ds, state, opt, train.build_preprocess(cfg, ds),
+                    ckpt_dir=tmp_path / "resumed" / "checkpoints", on_log=stop)
+    assert ckpt.latest(tmp_path / "resumed" / "checkpoints").name == "ckpt_000000004.npz"
+    assert run_main(tmp_path, name="resumed", mode="train") == 0
+    a = leaves(tmp_path / "straight" / "checkpoints" / "ckpt_000000012.npz")
+    b = leaves(tmp_path / "resumed" / "checkpoints" / "ckpt_000000012.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        if k != "__manifest__":
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
+    (["--set", "train.steps=abc"], "train.steps='abc' is not an integer"),
+    (["--set", "train.steps=-5"], "train.steps=-5 is invalid"),
+    (["--set", "sde.beta_min=30"], "sde.beta_min=30.0 is invalid"),
+    (["--set", "sde.kind=ve", "sde.sigma_min=60"], "sde.sigma_min=60.0 is invalid"),
+    (["--set", "data.name=imagenet"], "data.name='imagenet' is invalid"),
+    (["--set", "sample.method=magic"], "sample.method='magic' is invalid"),
+    (["--set", "model.net=resnet"], "model.net='resnet' is invalid"),
+    (["--set", "data.name=mnist", "data.root=/nonexistent/mnist", "model.net=unet"], "/nonexistent/mnist"),
+    (["configs/nope.py"], "config file 'configs/nope.py' not found"),
+    (["--mode", "sample"], "no checkpoint"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
+    wd = tmp_path / "wd"
+    pos = [a for a in args if a.endswith(".py")]
+    rest = [a for a in args if not a.endswith(".py")]
+    code = main.main(pos + ["--workdir", str(wd), "--no-progress"] + rest)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not wd.exists()
+
+
+def test_dit_patch_error_is_clear(tmp_path, capsys):
+    code = main.main(["configs/digits.py", "--workdir", str(tmp_path / "w"), "--set", "model.net=dit",
+                      "model.patch=3"])
+    assert code == 2 and "patch" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+def test_checkpoint_mismatch_and_corruption_are_reported(tmp_path):
+    tree = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2), "key": jax.random.key(3)}
+    path = ckpt.save(tmp_path, 7, tree, {"note": "x"})
+    back, manifest = ckpt.load(path, tree)
+    assert manifest["step"] == 7 and manifest["metadata"] == {"note": "x"}
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    assert jnp.all(jax.random.key_data(back["key"]) == jax.random.key_data(tree["key"]))
+    with pytest.raises(CheckpointError, match=r"\['w'\]"):
+        ckpt.load(path, {"w": jnp.ones((4, 2)), "b": jnp.zeros(2), "key": jax.random.key(0)})
+    bad = tmp_path / "ckpt_000000008.npz"
+    bad.write_bytes(path.read_bytes()[: 100])
+    with pytest.raises(CheckpointError, match="unreadable|corrupt"):
+        ckpt.load(bad, tree)
+
+
+def test_pickle_payload_is_rejected_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "ckpt_000000001.npz"
+    np.savez(evil, __manifest__=np.array([Payload()], dtype=object), a0=np.array([Payload()], dtype=object))
+    with pytest.raises(CheckpointError):
+        ckpt.load(evil, {"w": jnp.ones(1)})
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError):
+        ckpt.read_manifest(raw)
+    assert not marker.exists()
+
+
+def test_checkpoints_are_pruned_and_latest_is_newest(tmp_path):
+    tree = {"w": jnp.arange(3.0)}
+    for s in (1, 2, 3):
+        ckpt.save(tmp_path, s, eqx.tree_at(lambda t: t["w"], tree, tree["w"] * s), keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt_000000002.npz", "ckpt_000000003.npz"]
+    back, _ = ckpt.load(ckpt.latest(tmp_path), tree)
+    np.testing.assert_array_equal(back["w"], [0.0, 3.0, 6.0])
