@@ -146,7 +146,7 @@ def run(args) -> int:
                 np.savez(f, **arrays)
             os.replace(tmp, workdir / "samples.npz")
             _sample_figure(plot, ds, x, workdir / "figs" / "samples.png", cfg)
-                print(f"samples: {x.shape[0]} with {cfg.sample.method}, nfe {int(info['nfe'])}, "
+            print(f"samples: {x.shape[0]} with {cfg.sample.method}, nfe {int(info['nfe'])}, "
                   f"{summary['sample_seconds']:.1f}s -> {workdir / 'samples.npz'}")
 
     if args.mode in ("likelihood", "all"):

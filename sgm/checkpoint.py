@@ -47,7 +47,10 @@ def _leaves(tree):
 def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *, keep: int = 2) -> Path:
     """Writes `tree` as `directory/ckpt_<step>.npz` atomically and prunes to the newest `keep`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create checkpoint folder {directory}: {e.strerror or e}.") from None
     leaves = _leaves(tree)
     manifest = {
         "step": int(step),
@@ -57,15 +60,22 @@ def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *
     arrays = {f"a{i}": a for i, (_, a) in enumerate(leaves)}
     arrays[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
     final = directory / f"ckpt_{int(step):09d}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_ckpt_", suffix=".npz", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_ckpt_", suffix=".npz", dir=directory)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}; the previous "
+                              f"checkpoint is intact.") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:
