@@ -1,0 +1,158 @@
+"""Training throughput of the score networks: forward + backward, samples per second.
+
+For each network (MLP on the flattened image, UNet, DiT at modest default sizes) and each data
+shape (8x8x1, 28x28x1, 32x32x3) this times one jitted `value_and_grad` of a mean-square loss over a
+batch, reads XLA's FLOP count of that compiled step (`cost_analysis`), and compares the achieved
+FLOP/s with the rate this machine reaches on a large float32 matmul.
+
+    python bench/nets.py [--batch 32] [--seconds 2]
+
+Prints a table and writes bench/results/nets.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgm.nets import MLP, DiT, UNet, param_count
+
+SHAPES = {"8x8x1": (1, 8, 8), "28x28x1": (1, 28, 28), "32x32x3": (3, 32, 32)}
+
+
+def build(name: str, shape: tuple[int, int, int], key) -> eqx.Module:
+    c, h, _ = shape
+    if name == "MLP":
+        return MLP(int(np.prod(shape)), width=256, depth=3, key=key)
+    if name == "UNet":
+        return UNet(c, h, base=32, channel_mults=(1, 2, 2), num_res_blocks=1, key=key)
+    return DiT(c, h, patch=2, width=128, depth=4, heads=4, key=key)
+
+
+def best_time(fn, seconds: float) -> float:
+    """Smallest wall time of `fn()` over repeats filling about `seconds` (after one warm-up)."""
+    jax.block_until_ready(fn())
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def xla_flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def matmul_rate(n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of a jitted float32 `n x n` matmul: the machine's practical peak for this table."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    return 2 * n**3 / best_time(lambda: dot(a, a), seconds)
+
+
+def bench_one(name: str, shape, batch: int, seconds: float) -> dict:
+    net = build(name, shape, jax.random.key(0))
+    flat = name == "MLP"
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+    x = x.reshape(batch, -1) if flat else x
+    t = jnp.asarray(rng.uniform(1e-3, 1.0, batch), jnp.float32)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+
+    def loss(params, t, x):
+        model = eqx.combine(params, static)
+        return jnp.mean((jax.vmap(model)(t, x) - x) ** 2)
+
+    step = jax.jit(jax.value_and_grad(loss))
+    t0 = time.perf_counter()
+    compiled = step.lower(params, t, x).compile()
+    compile_s = time.perf_counter() - t0
+    seconds_per_step = best_time(lambda: compiled(params, t, x), seconds)
+    flops = xla_flops(compiled)
+    return {
+        "net": name,
+        "data": "x".join(map(str, (shape[1], shape[2], shape[0]))),
+        "params": param_count(net),
+        "batch": batch,
+        "compile_s": compile_s,
+        "step_s": seconds_per_step,
+        "samples_per_s": batch / seconds_per_step,
+        "flops_per_sample": None if flops is None else flops / batch,
+        "flop_per_s": None if flops is None else flops / seconds_per_step,
+    }
+
+
+def format_row(row: dict) -> str:
+    flops = row["flops_per_sample"]
+    cells = [
+        f"{row['net']:<5} {row['data']:<8} {row['params']:>9,} {row['compile_s']:>9.1f}",
+        f"{row['samples_per_s']:>10.1f}",
+    ]
+    if flops is None:
+        cells.append(f"{'n/a':>12} {'n/a':>8} {'n/a':>9}")
+    else:
+        cells.append(f"{flops / 1e9:>12.4f} {row['flop_per_s'] / 1e9:>8.2f}")
+        cells.append(f"{row['fraction_of_matmul']:>9.1%}")
+    return " ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32, help="samples per step")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing window per case")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nets.json"))
+    args = parser.parse_args()
+
+    peak = matmul_rate(seconds=args.seconds)
+    rows = []
+    header = (
+        f"{'net':<5} {'data':<8} {'params':>9} {'compile s':>9} {'samples/s':>10} "
+        f"{'GFLOP/sample':>12} {'GFLOP/s':>8} {'of matmul':>9}"
+    )
+    print(f"float32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} CPU cores")
+    print(header)
+    print("-" * len(header))
+    for name in ("MLP", "UNet", "DiT"):
+        for shape in SHAPES.values():
+            row = bench_one(name, shape, args.batch, args.seconds)
+            rate = row["flop_per_s"]
+            row["fraction_of_matmul"] = None if rate is None else rate / peak
+            rows.append(row)
+            print(format_row(row), flush=True)
+
+    result = {
+        "what": "forward+backward of mean((net(t, x) - x)^2) over a batch, jitted, float32",
+        "flops_source": "XLA cost_analysis of the compiled step",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "load_average_after": os.getloadavg(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "matmul_gflop_per_s": peak / 1e9,
+        },
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
