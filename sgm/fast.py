@@ -16,6 +16,8 @@ beta_min) t^2 / 2) and found by bisection for any other SDE (sigma(t) increases 
 
 Both samplers step on a grid sigma_0 = sigma(t1) > ... > sigma_{N-1} = sigma(t_end) and finish with
 the step to sigma_N = 0, which lands on D(y; sigma_{N-1}): Tweedie's x_0 at t_end. `steps` is N.
+So both end on x_0 and `sample`'s `denoise` does not apply; `clip` clips every D (as ddpm/ddim clip
+their x_0 prediction), hence the result too.
 
 Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-Based Generative Models"
 (NeurIPS 2022), Algorithms 1-2. Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for
@@ -173,8 +175,9 @@ def dpm_solver_2m(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_
                   grid="logsnr", rho=7.0):
     """DPM-Solver++(2M): second-order multistep exponential integrator in data prediction.
 
-    In lambda = log(a / s) = -log sigma the ODE reads dy/dlambda = D - y, so over a step of size
-    h_i = lambda_{i+1} - lambda_i, with D linear in lambda through the last two evaluations,
+    In lambda = log(a / s) = -log sigma the ODE reads dy/dlambda = D - y, whose exact solution
+    over h_i = lambda_{i+1} - lambda_i is y_{i+1} = e^{-h_i} y_i + int e^{lambda - lambda_{i+1}} D;
+    with D extrapolated from its last two evaluations (Lu et al.'s second-order form),
 
         y_{i+1} = e^{-h_i} y_i + (1 - e^{-h_i}) [(1 + 1/(2 r_i)) D_i - 1/(2 r_i) D_{i-1}],
         r_i = h_{i-1} / h_i,   first step first-order (D_i alone).
@@ -185,6 +188,7 @@ def dpm_solver_2m(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_
     the last evaluation, at sigma_{N-1} = sigma(t_end), is the step to sigma = 0 (lambda = inf),
     y = D: Lu et al.'s Algorithm 2 with M = N - 1 steps followed by their final denoising to x_0.
     NFE = N. Default grid uniform in lambda ("logsnr"); "karras" and "time" also work.
+    Deterministic: `key` is not used.
 
     Returns `(x0, info)` with info["nfe"] = steps.
     """
