@@ -9,8 +9,8 @@ data the uniform-dequantisation bound is turned into bits per dimension, average
 from __future__ import annotations
 
 import math
-from functools import partial
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +40,7 @@ def heldout_loss(cfg: Config, ds: Dataset, model, preprocess: Preprocess, *, num
     return float(_loss(model, x, cond, k_loss, t.weighting, t.reduce))
 
 
-@partial(jax.jit, static_argnums=(4, 5))
+@eqx.filter_jit
 def _loss(model, x, cond, key, weighting, reduce):
     return dsm_loss(model, model.sde, x, key=key, cond=cond, weighting=weighting, reduce=reduce)
 
