@@ -7,6 +7,7 @@ from .loss import ImportanceTimeSampler, dsm_loss, dsm_loss_per_sample
 from .sample import sample
 from .score import GuidedScore, ScoreModel, tweedie_x0
 from .sde import (
+    AbstractBetaSDE,
     AbstractSchedule,
     AbstractSDE,
     CosineSchedule,
@@ -20,7 +21,7 @@ from .sde import (
 )
 
 __all__ = [
-    "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
+    "AbstractBetaSDE", "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
     "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LinearSchedule",
     "NumericalError", "QuadraticSchedule", "SGMError", "ScaledLinearSchedule", "ScoreModel",
     "SigmoidSchedule", "SubVPSDE", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",

@@ -220,86 +220,64 @@ class AbstractSDE(eqx.Module):
         return self.drift(t, x) - 0.5 * self.diffusion(t) ** 2 * score(t, x)
 
 
-def _schedule_from(schedule, beta_min, beta_max):
-    return LinearSchedule(beta_min, beta_max) if schedule is None else schedule
+class AbstractBetaSDE(AbstractSDE):
+    """SDEs driven by a noise rate beta(t): drift -beta x / 2, scale exp(-B/2), B = int beta.
+
+    VP and SubVP share everything but their std and diffusion; the schedule defines B(t).
+    """
+
+    schedule: AbstractSchedule
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule=None,
+                 t0: float = 1e-5, t1: float = 1.0):
+        self.schedule = LinearSchedule(beta_min, beta_max) if schedule is None else schedule
+        self.t0, self.t1 = t0, t1
+
+    def __check_init__(self):
+        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
+
+    @property
+    def sampling_t0(self):
+        return max(self.t0, 1e-3)
+
+    def scale(self, t):
+        return jnp.exp(-0.5 * self.schedule.integral(t))
+
+    def drift(self, t, x):
+        return -0.5 * self.schedule.beta(t) * x
+
+    def prior_std(self):
+        return 1.0
 
 
-class VPSDE(AbstractSDE):
+class VPSDE(AbstractBetaSDE):
     """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (DDPM in continuous time).
 
     scale = exp(-B/2), std^2 = 1 - exp(-B). With the default linear schedule (beta_min=0.1,
     beta_max=20) this is exactly Song et al. (2021)'s VP SDE.
     """
 
-    schedule: AbstractSchedule
-    t0: float = eqx.field(static=True)
-    t1: float = eqx.field(static=True)
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule=None,
-                 t0: float = 1e-5, t1: float = 1.0):
-        self.schedule = _schedule_from(schedule, beta_min, beta_max)
-        self.t0, self.t1 = t0, t1
-
-    def __check_init__(self):
-        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
-
-    @property
-    def sampling_t0(self):
-        return max(self.t0, 1e-3)
-
-    def scale(self, t):
-        return jnp.exp(-0.5 * self.schedule.integral(t))
-
     def std(self, t):
         return jnp.sqrt(-jnp.expm1(-self.schedule.integral(t)))
-
-    def drift(self, t, x):
-        return -0.5 * self.schedule.beta(t) * x
 
     def diffusion(self, t):
         return jnp.sqrt(self.schedule.beta(t))
 
-    def prior_std(self):
-        return 1.0
 
-
-class SubVPSDE(AbstractSDE):
+class SubVPSDE(AbstractBetaSDE):
     """Sub-VP SDE: dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2B))) dw (Song et al. 2021, eq. 11).
 
     scale = exp(-B/2), std = 1 - exp(-B) (so the variance is (1 - e^{-B})^2, never above VP's).
     """
 
-    schedule: AbstractSchedule
-    t0: float = eqx.field(static=True)
-    t1: float = eqx.field(static=True)
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule=None,
-                 t0: float = 1e-5, t1: float = 1.0):
-        self.schedule = _schedule_from(schedule, beta_min, beta_max)
-        self.t0, self.t1 = t0, t1
-
-    def __check_init__(self):
-        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
-
-    @property
-    def sampling_t0(self):
-        return max(self.t0, 1e-3)
-
-    def scale(self, t):
-        return jnp.exp(-0.5 * self.schedule.integral(t))
-
     def std(self, t):
         return -jnp.expm1(-self.schedule.integral(t))
-
-    def drift(self, t, x):
-        return -0.5 * self.schedule.beta(t) * x
 
     def diffusion(self, t):
         b = self.schedule.integral(t)
         return jnp.sqrt(self.schedule.beta(t) * -jnp.expm1(-2.0 * b))
-
-    def prior_std(self):
-        return 1.0
 
 
 class VESDE(AbstractSDE):
