@@ -9,5 +9,5 @@ config = Config(
                       attn_resolutions=(4,), conditional=True, label_dropout=0.1),
     train=TrainConfig(steps=3000, batch_size=128, lr=1e-3, ema=0.999),
     sample=SampleConfig(method="em", steps=500, num=100, guidance=1.0),
-    likelihood=LikelihoodConfig(num=297, batch=99, exact=False, probes=2),
+    likelihood=LikelihoodConfig(num=99, batch=99, exact=False, probes=2, rtol=1e-4, atol=1e-4),
 )
