@@ -125,7 +125,8 @@ def run(args) -> int:
         state = train.train(cfg, ds, state, optimizer, preprocess, ckpt_dir=ckpt_dir, on_log=log,
                             on_eval=on_eval, progress=main_proc and not args.no_progress,
                             metadata=meta, mesh=mesh)
-        summary["train_seconds"] = summary.get("train_seconds", 0.0) * (start > 0) + time.perf_counter() - t0
+        earlier = summary.get("train_seconds", 0.0) if start > 0 else 0.0  # resumed: add earlier runs
+        summary["train_seconds"] = earlier + time.perf_counter() - t0
         summary["steps"] = int(state.step)
         rec = {"step": int(state.step), "eval_loss": evaluate.heldout_loss(
             cfg, ds, state.ema, preprocess, num=cfg.train.eval_num)}

@@ -87,9 +87,9 @@ def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solv
         )
         z, delta = sol.ys[0][-1], sol.ys[1][-1]
         prior = sde.prior_logp(z)
-        return prior + delta, z.reshape(shape), prior, delta, sol.stats["num_steps"], sol.result
+        return prior + delta, z.reshape(shape), prior, delta, sol.stats["num_steps"]
 
-    logp, z, prior, delta, n_steps, result = jax.vmap(one)(x, cond, keys)
+    logp, z, prior, delta, n_steps = jax.vmap(one)(x, cond, keys)
     info = {"nfe": jnp.max(n_steps) * per_step + 1, "z": z, "prior_logp": prior,
             "delta_logp": delta, "num_steps": n_steps}
     return logp, info

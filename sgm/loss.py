@@ -65,7 +65,7 @@ class ImportanceTimeSampler(eqx.Module):
         return t, dc / (du * t)
 
 
-def sample_times(key, n: int, t0: float, t1: float, *, stratified: bool = False) -> jax.Array:
+def sample_times(key, n: int, *, stratified: bool = False) -> jax.Array:
     """n uniforms on [0, 1): i.i.d., or one random shift of the grid (i + u) / n."""
     if stratified:
         u = jax.random.uniform(key, ())
@@ -97,7 +97,7 @@ def dsm_loss_per_sample(model, sde: AbstractSDE, x0, *, key, cond=None, weightin
     t1 = sde.t1
     n = x0.shape[0]
     k_t, k_eps, k_drop = jax.random.split(key, 3)
-    u = sample_times(k_t, n, t0, t1, stratified=time_sampling == "stratified")
+    u = sample_times(k_t, n, stratified=time_sampling == "stratified")
     if importance:
         t, q = ImportanceTimeSampler(sde, t0, t1).sample(u)
     else:

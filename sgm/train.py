@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .config import Config
 from .data import Batches, Dataset
-from .errors import NumericalError
+from .errors import ConfigError, NumericalError
 from .loss import dsm_loss
 from .nets import DiT, MLP, UNet, drop_labels
 from .score import ScoreModel
@@ -71,7 +71,6 @@ def build_net(cfg: Config, ds: Dataset, *, key):
         return MLP(ds.dim, width=m.width, depth=m.depth, **extra)
     c, h, w = ds.shape if len(ds.shape) == 3 else (None, None, None)
     if c is None:
-        from .errors import ConfigError
         raise ConfigError(f"model.net={m.net!r} needs image data (C, H, W); {ds.name} has shape {ds.shape}.")
     if m.net == "unet":
         return UNet(c, (h, w), base=m.base, channel_mults=m.channel_mults,
