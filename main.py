@@ -30,8 +30,9 @@ DEFAULT_CONFIG = HERE / "configs" / "eight_gaussians.py"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="config file (configs/*.py)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config fields, e.g. train.steps=2000 model.width=128")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. train.steps=2000 model.width=128 (the flag "
+                        "may be repeated; later values win)")
     p.add_argument("--mode", choices=("train", "sample", "likelihood", "all"), default="all")
     p.add_argument("--workdir", default=None, help="output folder (default runs/<config name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

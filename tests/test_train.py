@@ -37,6 +37,14 @@ def leaves(path):
         return {k: f[k] for k in f.files}
 
 
+def test_repeated_set_flags_accumulate():
+    args = main.parse_args(["--set", "train.steps=7", "model.width=16", "--set", "train.lr=0.5",
+                            "--set", "train.steps=9"])
+    assert args.set == ["train.steps=7", "model.width=16", "train.lr=0.5", "train.steps=9"]
+    cfg = C.override(C.load_file(main.DEFAULT_CONFIG), args.set)
+    assert (cfg.train.steps, cfg.model.width, cfg.train.lr) == (9, 16, 0.5)
+
+
 def test_end_to_end_writes_outputs(tmp_path, capsys):
     assert run_main(tmp_path) == 0
     wd = tmp_path / "run"

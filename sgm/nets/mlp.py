@@ -116,37 +116,40 @@ class MLP(eqx.Module):
     def __call__(
         self,
         t: Time,
-        x: Float[Array, " d"],
+        x: Float[Array, "..."],
         *,
         label: Label | None = None,
         param: Param | None = None,
-        image: Float[Array, " cond_dim"] | None = None,
+        image: Float[Array, "..."] | None = None,
         key: Key | None = None,
-    ) -> Float[Array, " d"]:
+    ) -> Float[Array, "..."]:
         """Evaluate the network on one sample.
 
         Arguments:
             t: scalar time.
-            x: `(d,)` data vector.
+            x: data of `d` numbers in any shape (a `(d,)` vector, or e.g. a `(C, H, W)` image,
+                which is flattened in and reshaped out).
             label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
             param: `(param_dim,)` parameter vector.
-            image: `(cond_dim,)` conditioning vector concatenated to `x`.
+            image: conditioning array of `cond_dim` numbers (flattened), concatenated to `x`.
             key: dropout key; None means inference (deterministic).
 
         Returns:
-            `(d,)` array.
+            array of the shape of `x`.
         """
-        if x.shape != (self.data_dim,):
-            raise ValueError(f"MLP expects x of shape ({self.data_dim},), got {x.shape}.")
+        shape = x.shape
+        if x.size != self.data_dim:
+            raise ValueError(f"MLP expects x with {self.data_dim} numbers, got shape {x.shape}.")
+        x = x.reshape(-1)
         if self.cond_dim is None:
             if image is not None:
                 raise ValueError("This MLP was built with cond_dim=None; pass image=None.")
         else:
-            if image is None or jnp.shape(image) != (self.cond_dim,):
-                raise ValueError(f"This MLP needs `image`, a vector of length {self.cond_dim}.")
-            x = jnp.concatenate([x, jnp.asarray(image, x.dtype)])
+            if image is None or jnp.size(image) != self.cond_dim:
+                raise ValueError(f"This MLP needs `image` with {self.cond_dim} numbers.")
+            x = jnp.concatenate([x, jnp.asarray(image, x.dtype).reshape(-1)])
         emb = self.embed(t, label, param)
         h = self.linear_in(x)
         for block, k in zip(self.blocks, split_key(key, self.depth), strict=True):
             h = block(h, emb, key=k)
-        return self.linear_out(jax.nn.silu(self.norm_out(h)))
+        return self.linear_out(jax.nn.silu(self.norm_out(h))).reshape(shape)
