@@ -107,7 +107,8 @@ class LikelihoodConfig:
     rtol: float = 1e-5
     atol: float = 1e-5
     probes: int = 1
-    dequant_samples: int = 1
+    dequant_samples: int = 1  # K uniform dequantisations per test point (discrete data)
+    dequant_bound: str = "mean"  # "mean": average of the K bounds; "iw": log of the mean likelihood
     batch: int = 250
     seed: int = 2
 
@@ -261,6 +262,7 @@ def validate(config: Config) -> Config:
     d, s, m, t, smp, lik = (config.data, config.sde, config.model, config.train, config.sample,
                             config.likelihood)
     from .data import NAMES as DATASETS
+    from .likelihood import DEQUANT_BOUNDS
     from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS
     from .sample import METHODS
     from .score import PARAMETERISATIONS
@@ -311,4 +313,6 @@ def validate(config: Config) -> Config:
     for f in ("num", "probes", "dequant_samples", "batch"):
         _expect(getattr(lik, f) > 0, f"likelihood.{f}", getattr(lik, f), "a positive integer")
     _expect(lik.rtol > 0 and lik.atol > 0, "likelihood.rtol", lik.rtol, "positive tolerances")
+    _expect(lik.dequant_bound in DEQUANT_BOUNDS, "likelihood.dequant_bound", lik.dequant_bound,
+            f"one of {', '.join(DEQUANT_BOUNDS)}")
     return config

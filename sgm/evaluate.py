@@ -18,7 +18,7 @@ import numpy as np
 from . import parallel
 from .config import Config
 from .data import Dataset
-from .likelihood import bits_per_dim, log_likelihood
+from .likelihood import bits_per_dim, combine_dequantised, log_likelihood
 from .loss import dsm_loss
 from .sample import sample
 from .score import GuidedScore
@@ -52,11 +52,14 @@ def _pad(a, n: int):
 
 
 def heldout_likelihood(cfg: Config, ds: Dataset, model, preprocess: Preprocess, *, num: int | None = None,
-                       seed: int | None = None, mesh=None) -> dict:
+                       seed: int | None = None, mesh=None, return_draws: bool = False) -> dict:
     """Test-set log-likelihood of the probability-flow ODE in data units.
 
     Returns a dict with `nll` (nats per sample, data units), `bpd` (bits/dim; for discrete data the
     dequantisation bound), `entropy` (the data's exact entropy when known), `nfe` and `num`.
+    For discrete data each point gets `likelihood.dequant_samples` dequantisations, reduced by
+    `likelihood.dequant_bound` (see `likelihood.combine_dequantised`). With `return_draws` the
+    per-draw log-likelihoods (model space, `(K, num)` numpy array) come back as `draws`.
     With a `mesh` each batch is split over its devices.
     """
     lc = cfg.likelihood
@@ -78,7 +81,8 @@ def heldout_likelihood(cfg: Config, ds: Dataset, model, preprocess: Preprocess, 
                                         atol=lc.atol, probes=lc.probes, cond=cond, sharding=sharding)
             logps.append(parallel.gather(logp)[:n] + float(preprocess.log_det()))
             nfes.append(int(info["nfe"]))
-    logp = np.concatenate(logps).reshape(-1, num).mean(0)
+    draws = np.concatenate(logps).reshape(-1, num)  # (K, num): K dequantisations per point
+    logp = np.asarray(combine_dequantised(draws, lc.dequant_bound), dtype=np.float64)
     dim = ds.dim
     nll = -float(logp.mean())
     if ds.levels is not None:
@@ -88,6 +92,10 @@ def heldout_likelihood(cfg: Config, ds: Dataset, model, preprocess: Preprocess, 
         bpd = float(np.mean(bits_per_dim(logp, dim, levels=None)))
     out = {"nll": nll, "nll_stderr": float(logp.std() / math.sqrt(num)), "bpd": bpd,
            "entropy": ds.entropy, "nfe": int(np.mean(nfes)), "num": num}
+    if ds.levels is not None:
+        out.update(dequant_samples=draws.shape[0], dequant_bound=lc.dequant_bound)
+    if return_draws:
+        out["draws"] = draws
     if ds.log_prob is not None:  # the exact density on the same points: the honest gap
         out["true_nll"] = -float(np.mean(ds.log_prob(np.asarray(ds.test[:num]), cond_all)))
     return out

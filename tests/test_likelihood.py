@@ -121,3 +121,31 @@ def test_counted_score_evaluations_match_reported_nfe():
 def test_hutchinson_needs_key():
     with pytest.raises(sgm.ConfigError, match="key"):
         sgm.log_likelihood(lambda t, x: -x, sgm.VPSDE(), jnp.zeros((1, 2)), exact=False)
+
+
+def test_dequantisation_bounds_closed_form():
+    """Two levels on [0, 1) under the density p(y) = 2y: P(0) = 1/4, P(1) = 3/4 exactly.
+
+    "mean" has expectation E_u log p((k + u) / 2) for every K; "iw" rises with K to log P(k).
+    """
+    from sgm.likelihood import combine_dequantised
+
+    rng = np.random.default_rng(0)
+    probs = np.array([0.25, 0.75])
+    mean_bound = np.array([-1.0, 2.0 * math.log(2.0) - 1.0])  # E_u log(k + u), k = 0, 1
+
+    def bpd(k, draws, bound):
+        logp = np.log(2.0 * (k + draws) / 2.0)  # log p(y) at y = (k + u) / 2
+        return np.asarray(sgm.bits_per_dim(combine_dequantised(logp, bound), 1, levels=2,
+                                           lo=0.0, hi=1.0))
+
+    for k in (0, 1):
+        u = rng.uniform(size=(64, 4000))  # K = 64 draws for each of 4000 repeats
+        assert np.allclose(bpd(k, u[:1], "iw"), bpd(k, u[:1], "mean"))
+        m = bpd(k, u, "mean").mean()
+        assert m == pytest.approx(-(mean_bound[k] - math.log(2.0)) / math.log(2.0), abs=2e-3)
+        iw = [bpd(k, u[:n], "iw").mean() for n in (1, 4, 16, 64)]
+        assert all(a > b for a, b in zip(iw, iw[1:]))  # tighter with K
+        assert -math.log2(probs[k]) <= iw[-1] < -math.log2(probs[k]) + 0.02
+    with pytest.raises(sgm.ConfigError, match="dequantisation bound"):
+        combine_dequantised(np.zeros((2, 3)), "max")
