@@ -159,8 +159,31 @@ def print_table(rows):
                   f"{r['std']:>10.4f}")
 
 
+def markdown(rows, metric="sw"):
+    """Markdown table: one row per NFE rung, one column per sampler (`metric`, NFE in brackets)."""
+    out = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == problem]
+        floor = next(r for r in mine if r["method"] == "floor")[metric]
+        methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] != "floor"))
+        by = {m: [r for r in mine if r["method"] == m] for m in methods}
+        rungs = max(len(v) for v in by.values())
+        out.append(f"\n{problem}: {metric} (NFE), exact-sampling floor {floor:.4f}\n")
+        out.append("| NFE about | " + " | ".join(m + (" (rtol)" if m == "ode" else "") for m in methods)
+                   + " |")
+        out.append("|---|" + "---|" * len(methods))
+        for i in range(rungs):
+            cells = [f"{by[m][i][metric]:.4f} ({by[m][i]['nfe']})" if i < len(by[m]) else ""
+                     for m in methods]
+            target = TARGETS[i] if i < len(TARGETS) else "-"
+            out.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", choices=("sw", "mean", "std"), default=None,
+                   help="only print a markdown table of this metric from the saved JSON")
     p.add_argument("--quick", action="store_true", help="fewer NFE levels, smaller sample sets")
     p.add_argument("--sde", choices=list(SDES), default="vp")
     p.add_argument("--n", type=int, default=None,
@@ -168,6 +191,9 @@ def main():
     p.add_argument("--dirs", type=int, default=256, help="random directions of the sliced W2")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())["rows"], args.table))
+        return
     n = args.n or (4000 if args.quick else 10000)
     targets, rtols = (QUICK_TARGETS, QUICK_RTOLS) if args.quick else (TARGETS, RTOLS)
     sde = SDES[args.sde]()

@@ -61,6 +61,7 @@ class ModelConfig:
     dropout: float = 0.0
     conditional: bool = False  # condition on the dataset's labels or parameters
     label_dropout: float = 0.0  # classifier-free guidance: probability of the null label
+    periodic: bool = False  # UNet: circular padding (fields on a periodic box)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ def build_net(cfg: Config, ds: Dataset, *, key):
     kind = conditioning(cfg, ds)
     extra = dict(num_classes=ds.num_classes if kind == "label" else None,
                  param_dim=ds.param_dim if kind == "param" else None, dropout=m.dropout, key=key)
+    if m.periodic and m.net != "unet":
+        raise ConfigError(f"model.periodic=True needs model.net='unet', got {m.net!r}.")
     if m.net == "mlp":
         return MLP(ds.dim, width=m.width, depth=m.depth, **extra)
     c, h, w = ds.shape if len(ds.shape) == 3 else (None, None, None)
@@ -75,7 +77,7 @@ def build_net(cfg: Config, ds: Dataset, *, key):
     if m.net == "unet":
         return UNet(c, (h, w), base=m.base, channel_mults=m.channel_mults,
                     num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions,
-                    heads=m.heads, **extra)
+                    heads=m.heads, periodic=m.periodic, **extra)
     return DiT(c, (h, w), patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, **extra)
 
 

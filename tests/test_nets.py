@@ -166,6 +166,21 @@ def test_unet_image_sizes(channels, size, mults):
     assert float(jnp.abs(out[1, :, -1, -1] - out[0, :, -1, -1]).max()) > 1e-4
 
 
+def test_periodic_unet_commutes_with_circular_shifts():
+    """With circular padding, shifting the input by a multiple of 2^(levels-1) shifts the output;
+    with zero padding the border breaks that."""
+    x = normal(3, (1, 8, 8))
+    for periodic in (True, False):
+        net = perturb(UNet(1, 8, base=8, channel_mults=(1, 2), heads=2, periodic=periodic,
+                           key=init_key(0)), 1)
+        f = jit(lambda net, x: net(0.3, x))
+        shifted = f(net, jnp.roll(x, (2, -4), axis=(1, 2)))
+        err = float(jnp.abs(shifted - jnp.roll(f(net, x), (2, -4), axis=(1, 2))).max())
+        assert (err < 1e-5) if periodic else (err > 1e-3)
+    with pytest.raises(ConfigError, match="multiples of 2"):
+        UNet(1, 7, base=8, channel_mults=(1, 2), heads=2, periodic=True, key=init_key(0))
+
+
 def test_clear_errors():
     key = jax.random.PRNGKey(0)
     with pytest.raises(ConfigError, match="patch=3 must divide"):

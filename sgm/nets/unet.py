@@ -10,6 +10,10 @@ Any image size works: the input is zero-padded (evenly on both sides) to a multi
 `2^(levels - 1)`, so that every down-sampling halves exactly, and the output is cropped back to the
 original size. For 28x28 with three levels nothing is padded (28 -> 14 -> 7); with four levels the
 input is padded to 32x32.
+
+`periodic=True` pads every convolution circularly instead of with zeros, for data on a torus
+(fields on periodic boxes, e.g. `sgm.data.grf`): the network then commutes with circular shifts of
+its input by multiples of `2^(levels - 1)` pixels. It needs sizes that are such multiples already.
 """
 
 from __future__ import annotations
@@ -58,14 +62,15 @@ class _ResBlock(eqx.Module):
     conv2: eqx.nn.Conv2d
     skip: eqx.nn.Conv2d | None
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, *, key: Key):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, *, mode: str = "ZEROS",
+                 key: Key):
         k1, k2, k3, k4 = jax.random.split(key, 4)
         self.norm1 = _norm(c_in)
-        self.conv1 = eqx.nn.Conv2d(c_in, c_out, 3, padding=1, key=k1)
+        self.conv1 = eqx.nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=mode, key=k1)
         self.emb_proj = eqx.nn.Linear(emb_dim, 2 * c_out, key=k2)
         self.norm2 = _norm(c_out)
         self.dropout = eqx.nn.Dropout(dropout)
-        self.conv2 = eqx.nn.Conv2d(c_out, c_out, 3, padding=1, key=k3)
+        self.conv2 = eqx.nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode=mode, key=k3)
         self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, key=k4)
 
     def __call__(self, x: Image, emb: Float[Array, " e"], *, key: Key | None) -> Image:
@@ -125,6 +130,7 @@ class UNet(eqx.Module):
         num_classes: number of classes for label conditioning, or None.
         param_dim: length of the parameter vector, or None.
         cond_channels: channels of a conditioning image concatenated to `x`.
+        periodic: circular instead of zero padding in every convolution (data on a torus).
         key: initialisation key.
     """
 
@@ -148,6 +154,7 @@ class UNet(eqx.Module):
     param_dim: int | None = eqx.field(static=True)
     cond_channels: int = eqx.field(static=True)
     padding: tuple[tuple[int, int], tuple[int, int]] = eqx.field(static=True)
+    periodic: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -163,6 +170,7 @@ class UNet(eqx.Module):
         num_classes: int | None = None,
         param_dim: int | None = None,
         cond_channels: int = 0,
+        periodic: bool = False,
         key: Key,
     ):
         h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
@@ -178,6 +186,9 @@ class UNet(eqx.Module):
             raise ConfigError(f"UNet dropout must lie in [0, 1), got {dropout}.")
         multiple = 2 ** (len(mults) - 1)
         ph, pw = -h % multiple, -w % multiple
+        if periodic and (ph or pw):
+            raise ConfigError(f"A periodic UNet with {len(mults)} levels needs image sizes that are "
+                              f"multiples of {multiple}, got {h}x{w}.")
         heights = [(h + ph) // 2**i for i in range(len(mults))]
         attn = (heights[-1],) if attn_resolutions is None else tuple(attn_resolutions)
         if not set(attn) <= set(heights):
@@ -195,16 +206,22 @@ class UNet(eqx.Module):
         self.heads, self.dropout, self.cond_channels = heads, dropout, cond_channels
         self.num_classes, self.param_dim = num_classes, param_dim
         self.padding = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        self.periodic = bool(periodic)
+        mode = "CIRCULAR" if periodic else "ZEROS"
+
+        def conv(c_in, c_out, size=3, stride=1, key=None):
+            return eqx.nn.Conv2d(c_in, c_out, size, stride, size // 2, padding_mode=mode, key=key)
 
         keys = iter(jax.random.split(key, 8 + 4 * len(mults) * (num_res_blocks + 2)))
         emb_dim = 4 * base
         self.embed = ConditionEmbedding(
             emb_dim, num_classes=num_classes, param_dim=param_dim, key=next(keys)
         )
-        self.conv_in = eqx.nn.Conv2d(channels + cond_channels, base, 3, padding=1, key=next(keys))
+        self.conv_in = conv(channels + cond_channels, base, key=next(keys))
 
         def level(c_ins, c_out, res, resample, up):
-            blocks = [_ResBlock(c, c_out, emb_dim, dropout, key=next(keys)) for c in c_ins]
+            blocks = [_ResBlock(c, c_out, emb_dim, dropout, mode=mode, key=next(keys))
+                      for c in c_ins]
             attns = [
                 _Attention(c_out, heads, key=next(keys)) if res in attn else None for _ in c_ins
             ]
@@ -213,12 +230,13 @@ class UNet(eqx.Module):
         ch, skips, self.down = base, [base], []
         for i, (m, res) in enumerate(zip(mults, heights, strict=True)):
             last = i == len(mults) - 1
-            down = None if last else eqx.nn.Conv2d(base * m, base * m, 3, 2, 1, key=next(keys))
+            down = None if last else conv(base * m, base * m, 3, 2, key=next(keys))
             c_ins = [ch] + [base * m] * (num_res_blocks - 1)
             self.down.append(level(c_ins, base * m, res, down, up=False))
             ch = base * m
             skips += [ch] * (num_res_blocks + (0 if last else 1))
-        self.mid = [_ResBlock(ch, ch, emb_dim, dropout, key=next(keys)) for _ in range(2)]
+        self.mid = [_ResBlock(ch, ch, emb_dim, dropout, mode=mode, key=next(keys))
+                    for _ in range(2)]
         self.mid_attn = _Attention(ch, heads, key=next(keys))
         self.up = []
         for i, (m, res) in reversed(list(enumerate(zip(mults, heights, strict=True)))):
@@ -226,10 +244,10 @@ class UNet(eqx.Module):
             for _ in range(num_res_blocks + 1):
                 c_ins.append(ch + skips.pop())
                 ch = base * m
-            up = None if i == 0 else eqx.nn.Conv2d(ch, ch, 3, padding=1, key=next(keys))
+            up = None if i == 0 else conv(ch, ch, key=next(keys))
             self.up.append(level(c_ins, ch, res, up, up=True))
         self.norm_out = _norm(ch)
-        self.conv_out = zero_init(eqx.nn.Conv2d(ch, channels, 3, padding=1, key=next(keys)))
+        self.conv_out = zero_init(conv(ch, channels, key=next(keys)))
 
     def __call__(
         self,
