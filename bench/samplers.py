@@ -160,23 +160,26 @@ def print_table(rows):
 
 
 def markdown(rows, metric="sw"):
-    """Markdown table: one row per NFE rung, one column per sampler (`metric`, NFE in brackets)."""
+    """Markdown table: one row per NFE rung, one column per fixed-step sampler (`metric`, NFE in
+    brackets); the adaptive ode's rows (one per tolerance) follow on one line."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
         mine = [r for r in rows if r["problem"] == problem]
         floor = next(r for r in mine if r["method"] == "floor")[metric]
-        methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] != "floor"))
+        methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] not in ("floor", "ode")))
         by = {m: [r for r in mine if r["method"] == m] for m in methods}
         rungs = max(len(v) for v in by.values())
         out.append(f"\n{problem}: {metric} (NFE), exact-sampling floor {floor:.4f}\n")
-        out.append("| NFE about | " + " | ".join(m + (" (rtol)" if m == "ode" else "") for m in methods)
-                   + " |")
+        out.append("| NFE about | " + " | ".join(methods) + " |")
         out.append("|---|" + "---|" * len(methods))
         for i in range(rungs):
             cells = [f"{by[m][i][metric]:.4f} ({by[m][i]['nfe']})" if i < len(by[m]) else ""
                      for m in methods]
             target = TARGETS[i] if i < len(TARGETS) else "-"
             out.append(f"| {target} | " + " | ".join(cells) + " |")
+        ode = [f"rtol {r['rtol']:.0e}: {r[metric]:.4f} ({r['nfe']})" for r in mine if r["method"] == "ode"]
+        if ode:
+            out.append("\nadaptive ode (Tsit5, rtol = atol): " + "; ".join(ode))
     return "\n".join(out)
 
 
