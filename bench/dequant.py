@@ -31,8 +31,7 @@ import jax
 import numpy as np
 
 from sgm import checkpoint as ckpt
-from sgm import config as C
-from sgm import data, evaluate, train
+from sgm import evaluate
 from sgm.likelihood import bits_per_dim, combine_dequantised
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dequant.json"
@@ -47,22 +46,13 @@ def main():
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    cfg = C.validate(C.from_dict(json.loads((args.workdir / "config.json").read_text())))
+    cfg, ds, state, preprocess = evaluate.load_run(args.workdir)
+    if ds.levels is None:
+        raise SystemExit(f"{ds.name} is continuous data: dequantisation does not apply.")
     lik = dataclasses.replace(cfg.likelihood, dequant_samples=args.k, num=args.num,
                               batch=min(cfg.likelihood.batch, args.num),
                               exact=args.exact or cfg.likelihood.exact)
     cfg = dataclasses.replace(cfg, likelihood=lik)
-    d = cfg.data
-    ds = data.load(d.name, root=d.root, n_train=d.n_train, n_test=d.n_test,
-                   image_size=d.image_size, seed=d.seed)
-    if ds.levels is None:
-        raise SystemExit(f"{ds.name} is continuous data: dequantisation does not apply.")
-    state, _ = train.init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
-    last = ckpt.latest(args.workdir / "checkpoints")
-    if last is None:
-        raise SystemExit(f"no checkpoint in {args.workdir / 'checkpoints'}")
-    state, _ = ckpt.load(last, state)
-    preprocess = train.build_preprocess(cfg, ds)
 
     t0 = time.perf_counter()
     out = evaluate.heldout_likelihood(cfg, ds, state.ema, preprocess, return_draws=True)
@@ -87,7 +77,7 @@ def main():
     for r in rows:
         print(f"  {r['bound']:<6}{r['k']:>5}{r['bpd']:>11.4f}{r['stderr']:>9.4f}")
 
-    meta = {"workdir": str(args.workdir), "checkpoint": last.name, "dataset": ds.name,
+    meta = {"workdir": str(args.workdir), "checkpoint": ckpt.latest(args.workdir / "checkpoints").name, "dataset": ds.name,
             "num": args.num, "k": args.k, "exact": lik.exact, "probes": lik.probes,
             "rtol": lik.rtol, "nfe": out["nfe"], "seconds": seconds, "draw_spread_bpd": spread,
             "jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),

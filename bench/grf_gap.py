@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgm import checkpoint as ckpt
-from sgm import config as C
-from sgm import data, train
+from sgm import evaluate, train
 from sgm.data import grf
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grf_gap.json"
@@ -48,18 +47,10 @@ def main():
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    cfg = C.validate(C.from_dict(json.loads((args.workdir / "config.json").read_text())))
-    d = cfg.data
-    if d.name != "grf":
-        raise SystemExit(f"{args.workdir} is a run on {d.name!r}; this benchmark needs grf.")
-    ds = data.load(d.name, root=d.root, n_train=d.n_train, n_test=d.n_test,
-                   image_size=d.image_size, seed=d.seed)
-    state, _ = train.init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
+    cfg, ds, state, pre = evaluate.load_run(args.workdir)
+    if ds.name != "grf":
+        raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs grf.")
     last = ckpt.latest(args.workdir / "checkpoints")
-    if last is None:
-        raise SystemExit(f"no checkpoint in {args.workdir / 'checkpoints'}")
-    state, _ = ckpt.load(last, state)
-    pre = train.build_preprocess(cfg, ds)
     model, sde = state.ema, state.ema.sde
 
     num = min(args.num, ds.test.shape[0])

@@ -8,21 +8,48 @@ data the uniform-dequantisation bound is turned into bits per dimension, average
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checkpoint as ckpt
+from . import config as C
 from . import parallel
 from .config import Config
-from .data import Dataset
+from .data import Dataset, load
+from .errors import CheckpointError
 from .likelihood import bits_per_dim, combine_dequantised, log_likelihood
 from .loss import dsm_loss
 from .sample import sample
 from .score import GuidedScore
-from .train import Preprocess, conditioning
+from .train import Preprocess, build_preprocess, conditioning, init_state
+
+
+def load_run(workdir):
+    """A finished `main.py` run from its work directory: `(cfg, ds, state, preprocess)`.
+
+    Reads `config.json` and the latest checkpoint (`CheckpointError` if there is none) and
+    rebuilds the dataset and preprocessing the run used; `state.ema` is the model to evaluate.
+    """
+    workdir = Path(workdir)
+    try:
+        cfg = C.validate(C.from_dict(json.loads((workdir / "config.json").read_text())))
+    except FileNotFoundError:
+        raise CheckpointError(f"no config.json in {workdir}: not a work directory of main.py.") from None
+    d = cfg.data
+    ds = load(d.name, root=d.root, n_train=d.n_train, n_test=d.n_test, image_size=d.image_size,
+              seed=d.seed)
+    state, _ = init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
+    last = ckpt.latest(workdir / "checkpoints")
+    if last is None:
+        raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}: train the run first.")
+    state, _ = ckpt.load(last, state)
+    return cfg, ds, state, build_preprocess(cfg, ds)
 
 
 def _cond(cfg: Config, ds: Dataset, cond):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import main  # noqa: E402
 from sgm import checkpoint as ckpt  # noqa: E402
 from sgm import config as C  # noqa: E402
-from sgm import data, train  # noqa: E402
+from sgm import data, evaluate, train  # noqa: E402
 from sgm.errors import CheckpointError  # noqa: E402
 
 TINY = ["train.steps=12", "train.batch_size=32", "train.log_every=4", "train.ckpt_every=4",
@@ -61,6 +61,15 @@ def test_end_to_end_writes_outputs(tmp_path, capsys):
     assert np.isfinite(lik["nll"]) and lik["num"] == 8
     assert (wd / "figs" / "samples.png").stat().st_size > 0
     assert "test NLL" in capsys.readouterr().out
+    # The finished run loads back for evaluation: its config, data and the last checkpoint.
+    cfg2, ds, state, _ = evaluate.load_run(wd)
+    assert json.loads(C.to_json(cfg2)) == cfg and ds.name == "eight_gaussians"
+    assert int(state.step) == 12
+    saved, _ = ckpt.load(wd / "checkpoints" / "ckpt_000000012.npz", state)
+    pairs = zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(saved), strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        evaluate.load_run(tmp_path)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
