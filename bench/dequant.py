@@ -30,7 +30,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sgm import checkpoint as ckpt
 from sgm import evaluate
 from sgm.likelihood import bits_per_dim, combine_dequantised
 
@@ -77,7 +76,7 @@ def main():
     for r in rows:
         print(f"  {r['bound']:<6}{r['k']:>5}{r['bpd']:>11.4f}{r['stderr']:>9.4f}")
 
-    meta = {"workdir": str(args.workdir), "checkpoint": ckpt.latest(args.workdir / "checkpoints").name, "dataset": ds.name,
+    meta = {"workdir": str(args.workdir), "step": int(state.step), "dataset": ds.name,
             "num": args.num, "k": args.k, "exact": lik.exact, "probes": lik.probes,
             "rtol": lik.rtol, "nfe": out["nfe"], "seconds": seconds, "draw_spread_bpd": spread,
             "jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),

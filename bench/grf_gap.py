@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm import checkpoint as ckpt
 from sgm import evaluate, train
 from sgm.data import grf
 
@@ -50,7 +49,6 @@ def main():
     cfg, ds, state, pre = evaluate.load_run(args.workdir)
     if ds.name != "grf":
         raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs grf.")
-    last = ckpt.latest(args.workdir / "checkpoints")
     model, sde = state.ema, state.ema.sde
 
     num = min(args.num, ds.test.shape[0])
@@ -88,7 +86,7 @@ def main():
     dlog = np.diff(np.log(times))
     total = float(np.sum(0.5 * (per_log_t[1:] + per_log_t[:-1]) * dlog))  # trapezoid in log t
 
-    print(f"\n{args.workdir} ({last.name}), {num} test fields, {cfg.model.net} "
+    print(f"\n{args.workdir} (step {int(state.step)}), {num} test fields, {cfg.model.net} "
           f"param={cfg.model.param}, weighting={cfg.train.weighting}")
     print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'rel err':>10}")
     for r in rows:
@@ -96,7 +94,7 @@ def main():
     print(f"  integral of e(t) dt = {total:.3f} nats per field "
           f"({total / (ds.dim * math.log(2)):.4f} bits/dim)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"workdir": str(args.workdir), "checkpoint": last.name,
+    args.out.write_text(json.dumps({"workdir": str(args.workdir), "step": int(state.step),
                                     "num": num, "rows": rows, "integral_nats": total}, indent=1))
     print(f"wrote {args.out}")
 

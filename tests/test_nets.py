@@ -166,6 +166,16 @@ def test_unet_image_sizes(channels, size, mults):
     assert float(jnp.abs(out[1, :, -1, -1] - out[0, :, -1, -1]).max()) > 1e-4
 
 
+def test_mlp_on_images_is_the_mlp_on_their_flattened_vector():
+    net = perturb(MLP(16, width=32, depth=2, key=init_key(0)), 1)
+    x = normal(2, (1, 4, 4))
+    out = net(0.3, x)
+    assert out.shape == x.shape
+    assert np.allclose(out.reshape(-1), net(0.3, x.reshape(-1)), atol=1e-6)
+    with pytest.raises(ValueError, match="16 numbers"):
+        net(0.3, jnp.ones((1, 3, 4)))
+
+
 def test_periodic_unet_commutes_with_circular_shifts():
     """With circular padding, shifting the input by a multiple of 2^(levels-1) shifts the output;
     with zero padding the border breaks that."""
