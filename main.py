@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,18 +41,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes text to path through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
     if not path.exists():
         return []
@@ -63,38 +49,40 @@ def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
 
 
 def run(args) -> int:
-    import jax
-
+    from sgm import build, parallel
     from sgm import checkpoint as ckpt
     from sgm import config as C
-    from sgm import data, evaluate, parallel, train
+    from sgm.checkpoint import atomic_open, write_atomic
     from sgm.errors import CheckpointError
 
-    cfg = C.validate(C.override(C.load_file(args.config), args.set))
+    cfg = build.check(C.override(C.load_file(args.config), args.set))
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     mesh = parallel.make_mesh()
     parallel.check_batch(cfg.train.batch_size, mesh)
     main_proc = parallel.is_main_process()  # only process 0 writes
-    ds = data.load(cfg.data.name, root=cfg.data.root, n_train=cfg.data.n_train, n_test=cfg.data.n_test,
-                   image_size=cfg.data.image_size, seed=cfg.data.seed)
-    state, optimizer = train.init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
-    preprocess = train.build_preprocess(cfg, ds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     ckpt_dir = workdir / "checkpoints"
-    last = ckpt.latest(ckpt_dir)
-    if last is not None:
-        state, _ = ckpt.load(last, state)
-    elif args.mode in ("sample", "likelihood"):
-        raise CheckpointError(f"no checkpoint in {ckpt_dir}: run with --mode train (or all) first.")
+    need = args.mode in ("sample", "likelihood")
+    exp = build.experiment(cfg, ckpt_dir=ckpt_dir, need_checkpoint=need)
 
-    # Input is valid: from here on files are written.
+    # Input is valid: from here on files are written, by process 0 only, under the lock.
+    ready = not main_proc
     try:
         if main_proc:
             workdir.mkdir(parents=True, exist_ok=True)
+            lock = ckpt.lock_workdir(workdir)  # noqa: F841 (held until the process ends)
+            ckpt.remove_leftovers(workdir)
+            ckpt.remove_leftovers(ckpt_dir)
+            if ckpt.latest(ckpt_dir) != exp.checkpoint:  # another run wrote one meanwhile
+                exp = build.experiment(cfg, ckpt_dir=ckpt_dir, need_checkpoint=need)
             (workdir / "figs").mkdir(exist_ok=True)
             write_atomic(workdir / "config.json", C.to_json(cfg) + "\n")
+            ready = True
     except OSError as e:
         raise CheckpointError(f"cannot write to work directory {workdir}: {e.strerror}.") from None
+    finally:
+        parallel.agree(ready, f"prepare the work directory {workdir}")
+    state, ds = exp.state, exp.ds
     summary_path = workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update({"config": cfg.name, "dataset": ds.name, "entropy": ds.entropy})
@@ -111,26 +99,22 @@ def run(args) -> int:
         if main_proc:  # drop what an interrupted run logged past its last checkpoint
             rows = read_metrics(metrics_path, upto=start)
             write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-        meta = {"config": C.to_dict(cfg)}
 
         def on_eval(s, step):
-            rec = {"step": step, "eval_loss": evaluate.heldout_loss(cfg, ds, s.ema, preprocess,
-                                                                     num=cfg.train.eval_num)}
-            lik = evaluate.heldout_likelihood(cfg, ds, s.ema, preprocess, num=cfg.train.eval_num,
-                                              mesh=mesh)
+            rec = {"step": step, "eval_loss": exp.heldout_loss(s.ema)}
+            lik = exp.heldout_likelihood(s.ema, num=cfg.train.eval_num, mesh=mesh)
             rec.update({"eval_nll": lik["nll"], "eval_bpd": lik["bpd"]})
             log(rec)
             return rec
 
         t0 = time.perf_counter()
-        state = train.train(cfg, ds, state, optimizer, preprocess, ckpt_dir=ckpt_dir, on_log=log,
-                            on_eval=on_eval, progress=main_proc and not args.no_progress,
-                            metadata=meta, mesh=mesh)
+        state = exp.train(state, mesh=mesh, ckpt_dir=ckpt_dir, on_log=log,
+                          on_eval=on_eval, progress=main_proc and not args.no_progress,
+                          metadata={"config": C.to_dict(cfg)})
         earlier = summary.get("train_seconds", 0.0) if start > 0 else 0.0  # resumed: add earlier runs
         summary["train_seconds"] = earlier + time.perf_counter() - t0
         summary["steps"] = int(state.step)
-        rec = {"step": int(state.step), "eval_loss": evaluate.heldout_loss(
-            cfg, ds, state.ema, preprocess, num=cfg.train.eval_num)}
+        rec = {"step": int(state.step), "eval_loss": exp.heldout_loss(state.ema)}
         log(rec)
         summary["eval_loss"] = rec["eval_loss"]
         if main_proc:
@@ -138,22 +122,20 @@ def run(args) -> int:
 
     if args.mode in ("sample", "all"):
         t0 = time.perf_counter()
-        x, info, cond = evaluate.draw_samples(cfg, ds, state.ema, preprocess, mesh=mesh)
+        x, info, cond = exp.samples(state.ema, mesh=mesh)
         summary["sample_seconds"] = time.perf_counter() - t0
         summary["sample_nfe"] = int(info["nfe"])
         if main_proc:
             arrays = {"samples": x} if cond is None else {"samples": x, "cond": cond}
-            fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".samples.", suffix=".npz")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_open(workdir / "samples.npz") as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, workdir / "samples.npz")
-            _sample_figure(plot, ds, x, workdir / "figs" / "samples.png", cfg)
+            _sample_figure(plot, ds, x, workdir / "figs" / "samples.png", cfg.name)
             print(f"samples: {x.shape[0]} with {cfg.sample.method}, nfe {int(info['nfe'])}, "
                   f"{summary['sample_seconds']:.1f}s -> {workdir / 'samples.npz'}")
 
     if args.mode in ("likelihood", "all"):
         t0 = time.perf_counter()
-        lik = evaluate.heldout_likelihood(cfg, ds, state.ema, preprocess, mesh=mesh)
+        lik = exp.heldout_likelihood(state.ema, mesh=mesh)
         lik["seconds"] = time.perf_counter() - t0
         summary["likelihood"] = lik
         ent = "" if ds.entropy is None else f" (true entropy {ds.entropy:.4f}"
@@ -166,19 +148,18 @@ def run(args) -> int:
 
     if main_proc:
         write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    parallel.barrier("sgm_main_done")  # processes leave together
     return 0
 
 
-def _sample_figure(plot, ds, x, path, cfg):
+def _sample_figure(plot, ds, x, path, name):
     if len(ds.shape) == 1 and ds.shape[0] == 2:
-        lp = None
-        if ds.log_prob is not None:
-            lp = lambda pts: ds.log_prob(pts)  # noqa: E731
-        plot.scatter_2d(x, path, reference=ds.test[: len(x)], log_prob=lp, title=f"{cfg.name}: samples")
+        plot.scatter_2d(x, path, reference=ds.test[: len(x)], log_prob=ds.log_prob,
+                        title=f"{name}: samples")
     elif len(ds.shape) == 3:
         imgs = x.astype("float32") / (ds.levels - 1) if ds.levels else x
         lo, hi = (0.0, 1.0) if ds.levels else (float(ds.test.min()), float(ds.test.max()))
-        plot.sample_grid(imgs[:64], path, lo=lo, hi=hi, title=f"{cfg.name}: samples")
+        plot.sample_grid(imgs[:64], path, lo=lo, hi=hi, title=f"{name}: samples")
 
 
 def main(argv=None) -> int:
@@ -191,8 +172,16 @@ def main(argv=None) -> int:
     except SGMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. disk full while writing figures, metrics, samples, summary
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; every file already written is complete.",
+              file=sys.stderr)
+        return 2
     except Interrupted as e:
         print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C outside training (sampling, likelihood): nothing half-written
+        print("interrupted; outputs written so far are complete.", file=sys.stderr)
         return 130
 
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm import evaluate, train
+from sgm import build
 from sgm.data import grf
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grf_gap.json"
@@ -46,7 +46,8 @@ def main():
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    cfg, ds, state, pre = evaluate.load_run(args.workdir)
+    exp = build.load_run(args.workdir)
+    cfg, ds, state, pre = exp.cfg, exp.ds, exp.state, exp.preprocess
     if ds.name != "grf":
         raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs grf.")
     model, sde = state.ema, state.ema.sde
@@ -59,7 +60,7 @@ def main():
     lam = grf.spectrum(n, par[:, 0], par[:, 1]) / std**2  # eigenvalues in model units
     mu = -mean / std  # the fields have mean zero in data units
     x0 = (ds.test[:num, 0].astype(np.float64) - mean) / std
-    conditional = train.conditioning(cfg, ds) == "param"
+    conditional = exp.conditioning.kind == "param"
 
     @eqx.filter_jit
     def score(t, x, prm):
@@ -87,7 +88,7 @@ def main():
     total = float(np.sum(0.5 * (per_log_t[1:] + per_log_t[:-1]) * dlog))  # trapezoid in log t
 
     print(f"\n{args.workdir} (step {int(state.step)}), {num} test fields, {cfg.model.net} "
-          f"param={cfg.model.param}, weighting={cfg.train.weighting}")
+          f"prediction={cfg.model.prediction}, weighting={cfg.train.weighting}")
     print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'rel err':>10}")
     for r in rows:
         print(f"  {r['t']:9.2e}{r['e']:13.3f}{r['per_log_t']:11.4f}{r['rel']:10.2e}")

@@ -23,26 +23,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def worker(devices: int, steps: int, batch: int, width: int) -> dict:
     import jax
 
+    from sgm import build, parallel
     from sgm import config as C
-    from sgm import data, evaluate, parallel, train
 
     mesh = parallel.make_mesh(devices)
-    cfg = C.validate(C.override(C.Config(), [
+    cfg = C.override(C.Config(), [
         f"train.steps={steps}", f"train.batch_size={batch}", f"train.log_every={steps}",
         f"model.width={width}", "data.n_train=20000", "data.n_test=512", "train.ckpt_every=0",
-        "sample.method=ddim", "sample.steps=50", "sample.num=4096"]))
-    ds = data.load(cfg.data.name, n_train=cfg.data.n_train, n_test=cfg.data.n_test)
-    state, opt = train.init_state(cfg, ds, key=jax.random.key(0))
-    pre = train.build_preprocess(cfg, ds)
+        "sample.method=ddim", "sample.steps=50", "sample.num=4096"])
+    exp = build.experiment(cfg)
+    state = exp.state
     # warm-up run compiles the step; the timed run repeats the same number of steps
-    warm = C.override(cfg, ["train.steps=2", "train.log_every=1"])
-    train.train(warm, ds, state, opt, pre, mesh=mesh)
+    build.experiment(C.override(cfg, ["train.steps=2", "train.log_every=1"])).train(state, mesh=mesh)
     t0 = time.perf_counter()
-    train.train(cfg, ds, state, opt, pre, mesh=mesh)
+    exp.train(state, mesh=mesh)
     train_s = time.perf_counter() - t0
-    evaluate.draw_samples(cfg, ds, state.ema, pre, mesh=mesh)  # compile
+    exp.samples(state.ema, mesh=mesh)  # compile
     t0 = time.perf_counter()
-    evaluate.draw_samples(cfg, ds, state.ema, pre, mesh=mesh)
+    exp.samples(state.ema, mesh=mesh)
     sample_s = time.perf_counter() - t0
     return {"devices": devices, "steps_per_s": steps / train_s,
             "samples_per_s": cfg.sample.num / sample_s, "batch": batch, "platform": jax.default_backend()}

@@ -4,7 +4,7 @@ from .analytic import GaussianMixture
 from .errors import CheckpointError, ConfigError, DataError, NumericalError, SGMError
 from .likelihood import bits_per_dim, log_likelihood
 from .loss import ImportanceTimeSampler, dsm_loss, dsm_loss_per_sample
-from .sample import sample
+from .samplers import sample
 from .score import GuidedScore, ScoreModel, tweedie_x0
 from .sde import (
     AbstractBetaSDE,

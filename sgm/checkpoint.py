@@ -17,6 +17,8 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import equinox as eqx
@@ -28,6 +30,27 @@ from .errors import CheckpointError
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
 _MANIFEST = "__manifest__"
+TMP_PREFIX = ".tmp_"  # temporary files of `atomic_open`; a killed writer may leave one behind
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_leftovers(directory: str | Path) -> int:
+    """Deletes temporary files a killed writer left in `directory`; returns how many.
+
+    Only call it while no other process writes there (main.py holds the work directory's lock).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _leaves(tree):
@@ -42,6 +65,33 @@ def _leaves(tree):
             leaf = leaf.addressable_data(0)  # replicated over processes: any local copy is the value
         out.append((jax.tree_util.keystr(path), np.asarray(leaf)))
     return out
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator:
+    """Opens a temporary file beside `path` for writing; renamed onto `path` when the block ends.
+
+    The data is flushed and fsynced first, so `path` holds either its old content or the whole new
+    one, whatever happens; on an error the temporary file is removed and the error passes on.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.stem}_", suffix=path.suffix, dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give (mkstemp's files are 0600)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Writes text or bytes to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
 
 
 def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *, keep: int = 2) -> Path:
@@ -60,23 +110,12 @@ def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *
     arrays = {f"a{i}": a for i, (_, a) in enumerate(leaves)}
     arrays[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
     final = directory / f"ckpt_{int(step):09d}.npz"
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_ckpt_", suffix=".npz", dir=directory)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(final) as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}; the previous "
                               f"checkpoint is intact.") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
@@ -136,7 +175,15 @@ def load(path: str | Path, template):
                     raise CheckpointError(
                         f"checkpoint {path} does not match the configured model at {p}: stored "
                         f"{s['path']} {tuple(s['shape'])} {s['dtype']}, expected {a.shape} {a.dtype}.")
-                values.append(f[f"a{i}"])
+                value = f[f"a{i}"]
+                if (not isinstance(value, np.ndarray) or value.shape != a.shape
+                        or value.dtype != a.dtype):
+                    what = (f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray)
+                            else type(value).__name__)
+                    raise CheckpointError(
+                        f"checkpoint {path} is corrupt: array {p} holds {what}, but its manifest "
+                        f"and the configured model say {a.shape} {a.dtype}.")
+                values.append(value)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
@@ -156,3 +203,37 @@ def latest(directory: str | Path) -> Path | None:
     """The newest checkpoint in `directory`, or None."""
     files = list_checkpoints(directory)
     return files[-1] if files else None
+
+
+def latest_step(directory: str | Path) -> int | None:
+    """The step of the newest checkpoint in `directory` (from its name), or None."""
+    last = latest(directory)
+    return None if last is None else int(_NAME.match(last.name).group(1))
+
+
+def lock_workdir(directory: str | Path):
+    """Takes the exclusive lock of a work directory; returns the open lock file (keep it open).
+
+    An advisory `flock` on `directory/.lock`: a second process asking for it gets a
+    CheckpointError at once instead of interleaving its checkpoints and metrics with the first.
+    The kernel drops the lock when its holder exits or dies (SIGKILL and crashes included), so a
+    crashed run never leaves it stuck. `flock` is per host: on a shared file system it does not
+    exclude a process on another host.
+    """
+    import fcntl
+
+    path = Path(directory) / ".lock"
+    f = open(path, "a+")  # noqa: SIM115 (held open for the life of the run)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise CheckpointError(f"work directory {directory} is in use by {holder}: wait for it to "
+                              f"finish or use another --workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()}\n")
+    f.flush()
+    return f

@@ -21,8 +21,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .data.transforms import discrete_log_det
 from .errors import ConfigError
-from .sample import ODE_SOLVERS
+from .parallel import constrain
+from .samplers import ODE_SOLVERS
 from .sde import AbstractSDE
 
 
@@ -52,9 +54,7 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
 @eqx.filter_jit
 def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk, hutchinson,
            max_steps, sharding):
-    if sharding is not None:  # split the batch over devices; jit partitions the solves
-        x, keys, cond = jax.tree_util.tree_map(
-            lambda a: jax.lax.with_sharding_constraint(a, sharding), (x, keys, cond))
+    x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     shape = x.shape[1:]
     dim = math.prod(shape)
     make, adaptive, per_step = ODE_SOLVERS[solver]
@@ -163,7 +163,7 @@ def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, 
         raise ConfigError(f"number of discrete levels must be at least 2, got {levels}")
     if not hi > lo:
         raise ConfigError(f"data range needs hi > lo, got lo={lo}, hi={hi}")
-    jac = 0.0 if levels is None else dim * math.log((hi - lo) / levels)
+    jac = 0.0 if levels is None else discrete_log_det(dim, levels, lo, hi)
     return -(jnp.asarray(logp) + jac) / (dim * math.log(2.0))
 
 

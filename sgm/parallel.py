@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .errors import ConfigError
+from .errors import ConfigError, SGMError
 
 AXIS = "data"
 
@@ -42,13 +42,28 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except Exception:  # older/newer JAX without the option: the default is used
         pass
-    if coordinator is None:
-        jax.distributed.initialize()
-    else:
+    if coordinator is None and not slurm:
+        raise ConfigError(f"a run of {num_processes} processes needs the coordinator's host:port "
+                          f"(--coordinator or SGM_COORDINATOR).")
+    if coordinator is not None:
         if num_processes is None or process_id is None:
             raise ConfigError("multi-host start needs the number of processes and this process's id "
                               "(SGM_NUM_PROCESSES, SGM_PROCESS_ID or --num-processes/--process-id).")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(f"process id {process_id} is invalid: expected 0 .. {num_processes - 1} "
+                              f"for {num_processes} processes.")
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"coordinator {coordinator!r} is invalid: expected host:port.")
+    try:
+        if coordinator is None:
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SGMError(f"could not join the multi-host run (coordinator {coordinator or 'from SLURM'}): "
+                       f"{first}") from None
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -115,3 +130,37 @@ def gather(x) -> np.ndarray:
 def is_main_process() -> bool:
     """Only process 0 writes checkpoints, metrics and figures."""
     return jax.process_index() == 0
+
+
+def constrain(tree, sharding):
+    """Every array of `tree` split along its leading axis by `sharding` (None: left as is).
+
+    Used inside jitted sample/likelihood solves so the compiler partitions the batch over devices.
+    """
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+
+
+def agree(ok: bool, what: str) -> None:
+    """All processes learn whether process 0 managed `what`; the others stop if it did not.
+
+    Process 0 alone writes the work directory: when it refuses (say, an unwritable folder) the
+    other processes must not train on and die later in a collective. Call it on every process;
+    on process 0 a failure is left to its own error, on the others it raises SGMError.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    flag = int(multihost_utils.broadcast_one_to_all(np.int32(1 if ok else 0)))
+    if not flag and not is_main_process():
+        raise SGMError(f"process 0 could not {what} (see its error); stopping.")
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches this point (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

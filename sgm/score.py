@@ -1,7 +1,7 @@
 """From a network's output to a score, for a given SDE.
 
 A backbone (MLP, UNet, DiT) maps `(t, x_in, **conditioning)` to an array shaped like `x` and knows
-nothing about noise. `ScoreModel` wraps it with one parameterisation, chosen by a field:
+nothing about noise. `ScoreModel` wraps it with one parameterisation, chosen by its `prediction` field:
 
     x_t = a x_0 + s eps,   a = sde.scale(t), s = sde.std(t),   score = -eps / s = (a x_0 - x_t) / s^2
 
@@ -17,8 +17,6 @@ sigma_data), so VE's large noise levels reach the network at unit scale.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -26,8 +24,7 @@ import jax.numpy as jnp
 from .errors import ConfigError
 from .sde import AbstractSDE
 
-Parameterisation = Literal["eps", "score", "x0", "v", "edm"]
-PARAMETERISATIONS = ("eps", "score", "x0", "v", "edm")
+PREDICTIONS = ("eps", "score", "x0", "v", "edm")
 
 
 class ScoreModel(eqx.Module):
@@ -36,32 +33,32 @@ class ScoreModel(eqx.Module):
     Arguments:
         net: backbone, called as `net(t, x_in, key=..., **cond)` with `x_in` shaped like `x`.
         sde: the forward SDE whose marginals define a(t), s(t).
-        param: one of "eps", "score", "x0", "v", "edm".
+        prediction: what the network predicts: "eps", "score", "x0", "v" or "edm".
         sigma_data: data standard deviation used by the input scaling and EDM weights.
     """
 
     net: eqx.Module
     sde: AbstractSDE
-    param: str = eqx.field(static=True, default="eps")
+    prediction: str = eqx.field(static=True, default="eps")
     sigma_data: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
-        if self.param not in PARAMETERISATIONS:
-            raise ConfigError(f"unknown score parameterisation {self.param!r}; expected one of "
-                              f"{', '.join(PARAMETERISATIONS)}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"unknown score parameterisation {self.prediction!r}; expected one of "
+                              f"{', '.join(PREDICTIONS)}")
 
     def __call__(self, t, x, *, key=None, **cond):
         a, s = self.sde.scale(t), self.sde.std(t)
         c_in = jax.lax.rsqrt(a**2 * self.sigma_data**2 + s**2)
         kw = dict(cond) if key is None else dict(cond, key=key)
         out = self.net(t, c_in * x, **kw)
-        if self.param == "eps":
+        if self.prediction == "eps":
             return -out / s
-        if self.param == "score":
+        if self.prediction == "score":
             return out
-        if self.param == "x0":
+        if self.prediction == "x0":
             return (a * out - x) / s**2
-        if self.param == "v":
+        if self.prediction == "v":
             # x = a x0 + s eps, v = a eps - s x0  =>  eps = (s x + a v) / (a^2 + s^2)
             eps = (s * x + a * out) / (a**2 + s**2)
             return -eps / s

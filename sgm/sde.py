@@ -32,6 +32,23 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _bisect(f, target, hi, iters: int = 64):
+    """The x in [0, hi] with f(x) = target (elementwise), for f increasing on [0, hi].
+
+    `iters` halvings of [0, hi] reach adjacent floats for any root above ~1e-12 * hi.
+    """
+    target = jnp.asarray(target, dtype=jnp.result_type(float))
+
+    def halve(_, bounds):
+        lo, up = bounds
+        mid = 0.5 * (lo + up)
+        above = f(mid) >= target
+        return jnp.where(above, lo, mid), jnp.where(above, mid, up)
+
+    lo, up = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(target), jnp.full_like(target, hi)))
+    return 0.5 * (lo + up)
+
+
 # --------------------------------------------------------------------------------------------
 # Noise schedules for VP / SubVP: each defines B(t) = int_0^t beta(s) ds on t in [0, 1].
 # --------------------------------------------------------------------------------------------
@@ -49,41 +66,60 @@ class AbstractSchedule(eqx.Module):
         t = jnp.asarray(t, dtype=jnp.result_type(float))
         return jax.jvp(self.integral, (t,), (jnp.ones_like(t),))[1]
 
+    def inverse_integral(self, b: Scalar, t_max: float = 1.0) -> Array:
+        """The time t in [0, t_max] with B(t) = b (elementwise); bisection, as B increases."""
+        return _bisect(self.integral, b, t_max)
+
     def discrete_betas(self, num_steps: int) -> Array:
         """DDPM betas of an N-step chain on t_i = i/N: beta_i = 1 - exp(-(B(t_i) - B(t_{i-1})))."""
         ts = jnp.linspace(0.0, 1.0, num_steps + 1)
         return -jnp.expm1(-jnp.diff(jax.vmap(self.integral)(ts)))
 
 
-class LinearSchedule(AbstractSchedule):
+class AbstractBetaRangeSchedule(AbstractSchedule):
+    """A schedule whose rate runs from beta_min at t = 0 to beta_max at t = 1 (0 <= min < max)."""
+
+    beta_min: eqx.AbstractVar[float]
+    beta_max: eqx.AbstractVar[float]
+
+    def __check_init__(self):
+        _check(0 <= self.beta_min < self.beta_max,
+               f"{type(self).__name__} needs 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
+               f"beta_max={self.beta_max}")
+
+
+class LinearSchedule(AbstractBetaRangeSchedule):
     """beta(t) = beta_min + t (beta_max - beta_min); Song et al. (2021) and Ho et al. (2020)."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
 
-    def __check_init__(self):
-        _check(0 <= self.beta_min < self.beta_max,
-               f"linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-
     def integral(self, t):
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
+    def inverse_integral(self, b, t_max=1.0):
+        """Closed form: the root t >= 0 of beta_min t + (beta_max - beta_min) t^2 / 2 = b.
 
-class QuadraticSchedule(AbstractSchedule):
+        Written as 2 b / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) b)), which has no
+        cancellation for small b. `t_max` is not needed (kept for the common signature).
+        """
+        b = jnp.asarray(b, dtype=jnp.result_type(float))
+        lo, slope = self.beta_min, self.beta_max - self.beta_min
+        den = lo + jnp.sqrt(lo**2 + 2.0 * slope * b)
+        return jnp.where(den > 0, 2.0 * b / jnp.where(den > 0, den, 1.0), 0.0)  # b = 0, beta_min = 0
+
+
+class QuadraticSchedule(AbstractBetaRangeSchedule):
     """beta(t) = beta_min + (beta_max - beta_min) t^2: slow start, fast end."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
 
-    def __check_init__(self):
-        _check(0 <= self.beta_min < self.beta_max,
-               f"quadratic schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-
     def integral(self, t):
         return self.beta_min * t + (self.beta_max - self.beta_min) * t**3 / 3.0
 
 
-class ScaledLinearSchedule(AbstractSchedule):
+class ScaledLinearSchedule(AbstractBetaRangeSchedule):
     """beta(t) = (sqrt(beta_min) + t (sqrt(beta_max) - sqrt(beta_min)))^2: latent diffusion ("LDM").
 
     The defaults are the continuous-time form (N * beta) of Rombach et al. (2022)'s
@@ -93,17 +129,13 @@ class ScaledLinearSchedule(AbstractSchedule):
     beta_min: float = 0.85
     beta_max: float = 12.0
 
-    def __check_init__(self):
-        _check(0 <= self.beta_min < self.beta_max,
-               f"scaled-linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-
     def integral(self, t):
         a, b = math.sqrt(self.beta_min), math.sqrt(self.beta_max)
         # int_0^t (a + (b - a) s)^2 ds
         return a**2 * t + a * (b - a) * t**2 + (b - a) ** 2 * t**3 / 3.0
 
 
-class SigmoidSchedule(AbstractSchedule):
+class SigmoidSchedule(AbstractBetaRangeSchedule):
     """beta(t) = beta_min + (beta_max - beta_min) sigmoid(start + (end - start) t) (GeoDiff-style)."""
 
     beta_min: float = 0.1
@@ -112,8 +144,6 @@ class SigmoidSchedule(AbstractSchedule):
     end: float = 6.0
 
     def __check_init__(self):
-        _check(0 <= self.beta_min < self.beta_max,
-               f"sigmoid schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
         _check(self.end > self.start, f"sigmoid schedule needs end > start, got {self.start}, {self.end}")
 
     def integral(self, t):
@@ -168,6 +198,10 @@ class AbstractSDE(eqx.Module):
     t0: eqx.AbstractVar[float]
     t1: eqx.AbstractVar[float]
 
+    def __check_init__(self):
+        _check(0 < self.t0 < self.t1,
+               f"{type(self).__name__} needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
+
     @abc.abstractmethod
     def scale(self, t: Scalar) -> Array:
         """Mean coefficient of x_t given x_0."""
@@ -207,9 +241,25 @@ class AbstractSDE(eqx.Module):
         n = x.size
         return -0.5 * jnp.sum(x**2) / s**2 - n * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
+    def noise_level(self, t: Scalar) -> Array:
+        """The noise level of the scale-free variable x / scale(t): std(t) / scale(t).
+
+        x_t / scale(t) = x_0 + noise_level(t) eps; Karras et al. (2022)'s sigma(t). (For the VE SDE
+        this is sqrt(sigma(t)^2 - sigma_min^2), not `VESDE.sigma(t)`.)
+        """
+        return self.std(t) / self.scale(t)
+
+    def noise_level_time(self, level: Scalar, *, iters: int = 64) -> Array:
+        """The time t in [0, t1] with noise_level(t) = level (elementwise), the inverse map.
+
+        Bisection on [0, t1] by default (noise_level increases with t), `iters` halvings, which
+        reach adjacent floats for any t above ~1e-12; SDEs with a closed form override it.
+        """
+        return _bisect(self.noise_level, level, self.t1, iters)
+
     def log_snr(self, t: Scalar) -> Array:
-        """lambda(t) = log(scale^2 / std^2)."""
-        return 2.0 * (jnp.log(self.scale(t)) - jnp.log(self.std(t)))
+        """lambda(t) = log(scale^2 / std^2) = -2 log noise_level(t)."""
+        return -2.0 * jnp.log(self.noise_level(t))
 
     def reverse_drift(self, score, t: Scalar, x: Array) -> Array:
         """Drift of the reverse-time SDE, f - g^2 score (Anderson 1982; Song et al. eq. 6)."""
@@ -235,12 +285,19 @@ class AbstractBetaSDE(AbstractSDE):
         self.schedule = LinearSchedule(beta_min, beta_max) if schedule is None else schedule
         self.t0, self.t1 = t0, t1
 
-    def __check_init__(self):
-        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
-
     @property
     def sampling_t0(self):
         return max(self.t0, 1e-3)
+
+    @abc.abstractmethod
+    def _integral_at_noise_level(self, level: Scalar) -> Array:
+        """B with noise_level = level (VP: sigma^2 = e^B - 1; SubVP: sigma = 2 sinh(B / 2))."""
+
+    def noise_level_time(self, level, *, iters=64):
+        """t(sigma) = B^{-1}(b(sigma)): b in closed form, B^{-1} from the schedule (closed form for
+        the linear schedule, bisection on [0, t1] otherwise)."""
+        level = jnp.asarray(level, dtype=jnp.result_type(float))
+        return self.schedule.inverse_integral(self._integral_at_noise_level(level), self.t1)
 
     def scale(self, t):
         return jnp.exp(-0.5 * self.schedule.integral(t))
@@ -265,6 +322,9 @@ class VPSDE(AbstractBetaSDE):
     def diffusion(self, t):
         return jnp.sqrt(self.schedule.beta(t))
 
+    def _integral_at_noise_level(self, level):
+        return jnp.log1p(level**2)
+
 
 class SubVPSDE(AbstractBetaSDE):
     """Sub-VP SDE: dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2B))) dw (Song et al. 2021, eq. 11).
@@ -278,6 +338,9 @@ class SubVPSDE(AbstractBetaSDE):
     def diffusion(self, t):
         b = self.schedule.integral(t)
         return jnp.sqrt(self.schedule.beta(t) * -jnp.expm1(-2.0 * b))
+
+    def _integral_at_noise_level(self, level):
+        return 2.0 * jnp.arcsinh(0.5 * level)
 
 
 class VESDE(AbstractSDE):
@@ -301,14 +364,16 @@ class VESDE(AbstractSDE):
     def __check_init__(self):
         _check(0 < self.sigma_min < self.sigma_max,
                f"VE SDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        _check(0 < self.t0 < self.t1, f"SDE needs 0 < t0 < t1, got t0={self.t0}, t1={self.t1}")
 
     @property
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
     def sigma(self, t: Scalar) -> Array:
-        """The noise level sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+        """The geometric sigma(t) = sigma_min (sigma_max / sigma_min)^t that defines g(t).
+
+        Not the kernel's std (that is `std(t)` = `noise_level(t)` = sqrt(sigma(t)^2 - sigma_min^2)).
+        """
         return self.sigma_min * jnp.exp(t * self._log_ratio)
 
     def scale(self, t):
@@ -322,6 +387,11 @@ class VESDE(AbstractSDE):
 
     def diffusion(self, t):
         return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
+
+    def noise_level_time(self, level, *, iters=64):
+        """Closed form: level^2 = sigma_min^2 (exp(2 t log(sigma_max / sigma_min)) - 1)."""
+        level = jnp.asarray(level, dtype=jnp.result_type(float))
+        return jnp.log1p((level / self.sigma_min) ** 2) / (2.0 * self._log_ratio)
 
     def prior_std(self):
         return self.sigma_max

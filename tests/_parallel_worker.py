@@ -21,20 +21,18 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sgm import build, parallel  # noqa: E402
 from sgm import config as C  # noqa: E402
-from sgm import data, evaluate, parallel, train  # noqa: E402
 
 parallel.initialize(args.coordinator, args.num_processes, args.process_id)
 mesh = parallel.make_mesh(args.devices)
-cfg = C.validate(C.override(C.Config(), [
+cfg = C.override(C.Config(), [
     "train.steps=6", "train.batch_size=32", "train.log_every=3", "train.warmup=1", "model.width=32",
     "model.depth=2", "data.n_train=256", "data.n_test=64", "likelihood.batch=8", "likelihood.num=8",
     "likelihood.rtol=1e-4", "likelihood.atol=1e-4", f"train.grad_accum={args.grad_accum}",
     "sample.method=ddim", "sample.steps=20", "sample.num=16",
-]))
-ds = data.load(cfg.data.name, n_train=cfg.data.n_train, n_test=cfg.data.n_test)
-state, opt = train.init_state(cfg, ds, key=jax.random.key(0))
-pre = train.build_preprocess(cfg, ds)
+])
+exp = build.experiment(cfg)
 
 seen = {}
 orig = parallel.put_batch
@@ -48,12 +46,13 @@ def spy(x, m):
 
 
 parallel.put_batch = spy
-state = train.train(cfg, ds, state, opt, pre, mesh=mesh)
-samples, _, _ = evaluate.draw_samples(cfg, ds, state.ema, pre, mesh=mesh)
-lik = evaluate.heldout_likelihood(cfg, ds, state.ema, pre, mesh=mesh)
+state = exp.train(exp.state, mesh=mesh)
+samples, _, _ = exp.samples(state.ema, mesh=mesh)
+lik = exp.heldout_likelihood(state.ema, mesh=mesh)
 weights = [parallel.gather(a) for a in jax.tree_util.tree_leaves(eqx.filter(state.model, eqx.is_array))]
 if parallel.is_main_process():
     np.savez(args.out, *weights, samples=samples, nll=lik["nll"], devices=seen["devices"],
              local_shard=seen["local_shard"], processes=jax.process_count())
 sys.stdout.flush()
+parallel.barrier("worker_done")  # process 0 runs the coordination service: leave together
 os._exit(0)  # skip distributed shutdown barriers in tests

@@ -1,4 +1,6 @@
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import sgm
@@ -26,3 +28,53 @@ SDES3 = {"vp": sgm.VPSDE(), "subvp": sgm.SubVPSDE(), "ve": sgm.VESDE()}
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# A 2-D mixture whose closed-form score drives the samplers in test_sample.py and test_fast.py.
+MIXTURE = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.4], [0.3, 0.6]])
+
+
+def mixture_stats(x, gm=MIXTURE):
+    """Weights, means and stds of the components, assigning points by posterior responsibility."""
+    comp = np.asarray(jnp.argmax(jax.vmap(gm.responsibilities)(x), axis=1))
+    x = np.asarray(x)
+    k = range(gm.weights.shape[0])
+    w = np.array([np.mean(comp == i) for i in k])
+    means = np.stack([x[comp == i].mean(0) for i in k])
+    stds = np.stack([x[comp == i].std(0) for i in k])
+    return w, means, stds
+
+
+def assert_reproduces_mixture(x, std_tol=0.05, gm=MIXTURE):
+    """Weights within 4 standard errors (+0.01), component means within 0.06, stds within std_tol.
+
+    Standard errors of component means are std / sqrt(n_k) <~ 0.02 for 4000 points; of stds about
+    std / sqrt(2 n_k).
+    """
+    n = x.shape[0]
+    assert bool(jnp.all(jnp.isfinite(x)))
+    w, means, stds = mixture_stats(x, gm)
+    w_se = np.sqrt(np.asarray(gm.weights) * (1 - np.asarray(gm.weights)) / n)
+    np.testing.assert_allclose(w, gm.weights, atol=float(4 * w_se.max()) + 0.01)
+    np.testing.assert_allclose(means, gm.means, atol=0.06)
+    np.testing.assert_allclose(stds, gm.stds, atol=std_tol)
+
+
+def count_score_calls(sde, method, score=None, **kw):
+    """(reported info["nfe"], score evaluations actually made) for one sample drawn by `method`.
+
+    Every call of the score makes a host callback; with one sample (num=1) each batched call is one
+    evaluation. The default score is the closed form of MIXTURE under `sde`.
+    """
+    calls = []
+    base = MIXTURE.score(sde) if score is None else score
+
+    def score_fn(t, x):
+        jax.debug.callback(lambda _: calls.append(1), t)
+        return base(t, x)
+
+    x, info = sgm.sample(score_fn, sde, (MIXTURE.dim,), key=jax.random.key(0), num=1, method=method,
+                         **kw)
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    return int(info["nfe"]), len(calls)

@@ -323,41 +323,44 @@ def test_image_folder_errors(tmp_path):
 # ------------------------------------------------------------------------------------- transforms
 
 
-def test_dequantize_and_inverse():
+def test_preprocess_discrete_round_trip_and_bound_constant():
     import jax
 
     levels = 17
-    k = np.arange(levels).repeat(200).reshape(1, -1)
-    for source in (np.random.default_rng(0), jax.random.key(0)):
-        y = np.asarray(data.dequantize(source, k, levels))
-        assert y.dtype == np.float32 and y.min() >= 0.0 and y.max() < 1.0
-        np.testing.assert_array_equal(data.quantize(y, levels), k)
-        z = data.to_model(y)
-        assert z.min() >= -1.0 and z.max() < 1.0
-        np.testing.assert_allclose(data.from_model(z), y, atol=1e-7)
-    # the top level never rounds up to 1
-    top = data.dequantize(np.random.default_rng(1), np.full(10_000, 255), 256)
-    assert top.max() < 1.0
-    np.testing.assert_array_equal(data.to_uint8(data.to_model(data.centre(k, 256))), k)
-    assert data.to_model_log_det(10, -1.0, 1.0) == pytest.approx(10 * math.log(2))
+    k = np.arange(levels).repeat(200).reshape(1, -1).astype(np.uint8)
+    pre = data.Preprocess.fit(k, levels=levels)
+    x = np.asarray(pre(jax.random.key(0), k))
+    assert x.dtype == np.float32 and x.min() >= -1.0 and x.max() < 1.0
+    np.testing.assert_array_equal(pre.to_data(x), k)  # every dequantised value maps back to its level
+    assert pre.clip == (-1.0, 1.0)
+    # log P(k) >= E log p_x(x) + D log(2 / L): the bound's constant is the map's log-Jacobian
+    assert pre.log_det((3, 4)) == pytest.approx(12 * math.log(2 / levels))
+    assert data.discrete_log_det(12, levels) == pytest.approx(12 * math.log(2 / levels))
 
 
-def test_standardizer_change_of_variables():
+def test_preprocess_standardisation_change_of_variables():
+    import jax
+
     rng = np.random.default_rng(0)
-    x = rng.normal([1.0, -2.0, 5.0], [0.5, 2.0, 3.0], (5000, 3))
-    s = data.Standardizer.fit(x)
-    z = s.forward(x)
-    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
-    np.testing.assert_allclose(z.std(0), 1, atol=1e-12)
-    np.testing.assert_allclose(s.inverse(z), x)
-    # log p_x(x) = log N(z; 0, I) + forward_log_det, for the Gaussian the scaler describes
-    exact = multivariate_normal(s.mean, np.diag(s.std**2)).logpdf(x[:10])
-    via_z = multivariate_normal(np.zeros(3), np.eye(3)).logpdf(z[:10]) + s.forward_log_det
-    np.testing.assert_allclose(via_z, exact)
-    scalar = data.Standardizer.fit(x, per_feature=False)
-    assert scalar.forward_log_det == pytest.approx(-3 * math.log(x.std()))
-    with pytest.raises(DataError, match="NaN"):
-        data.Standardizer.fit(np.array([[1.0], [np.nan]]))
+    x = rng.normal([1.0, -2.0, 5.0], [0.5, 2.0, 3.0], (5000, 3)).astype(np.float32)
+    pre = data.Preprocess.fit(x)
+    z = np.asarray(pre(jax.random.key(0), x), np.float64)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-5)
+    np.testing.assert_allclose(pre.to_data(z), x, rtol=1e-5, atol=1e-5)
+    assert pre.clip is None
+    # log p_x(x) = log N(z; 0, I) + log_det for the Gaussian the statistics describe
+    mean, std = np.asarray(pre.mean, np.float64), np.asarray(pre.std, np.float64)
+    exact = multivariate_normal(mean, np.diag(std**2)).logpdf(x[:10])
+    via_z = multivariate_normal(np.zeros(3), np.eye(3)).logpdf(z[:10]) + pre.log_det((3,))
+    np.testing.assert_allclose(via_z, exact, rtol=1e-5)
+    # fields and images: one scalar mean and std for every pixel
+    fields = rng.normal(2.0, 3.0, (100, 1, 4, 4))
+    scalar = data.Preprocess.fit(fields)
+    assert scalar.log_det((1, 4, 4)) == pytest.approx(-16 * math.log(fields.std()), rel=1e-5)
+    assert data.Preprocess.fit(x, standardize=False).log_det((3,)) == 0.0
+    with pytest.raises(DataError, match="at least 2"):
+        data.Preprocess.fit(x[:1])
 
 
 # ----------------------------------------------------------------------------------------- loader

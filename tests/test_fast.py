@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SDES3, all_sdes
+from conftest import MIXTURE as GM
+from conftest import SDES3, all_sdes, assert_reproduces_mixture, count_score_calls
 
 import sgm
-from sgm.fast import noise_level, noise_level_time, sigma_grid
+from sgm.fast import sigma_grid
 
 # A Gaussian in 3-D: under the probability-flow ODE each coordinate keeps its z-score,
 #   x_t = a(t) mu + sqrt(a(t)^2 v + s(t)^2) (x_1 - a(1) mu) / sqrt(a(1)^2 v + s(1)^2),
@@ -18,7 +19,6 @@ MU = jnp.array([0.5, -1.0, 2.0])
 SD = jnp.array([0.7, 0.2, 1.3])
 GAUSS = sgm.GaussianMixture.gaussian(MU, SD)
 
-GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.4], [0.3, 0.6]])
 GM_SCORES = {name: GM.score(sde) for name, sde in SDES3.items()}
 
 
@@ -32,14 +32,14 @@ def exact_ode_output(sde, x1, t_end):
 
 
 @pytest.mark.parametrize("name,sde", all_sdes())
-def test_noise_level_time_inverts_noise_level(name, sde):
-    t = jnp.array([1e-3, 0.01, 0.1, 0.37, 0.8, 1.0])
-    back = noise_level_time(sde, noise_level(sde, t))
-    np.testing.assert_allclose(back, t, rtol=2e-4, atol=1e-6)
+def test_sigma_grid_runs_from_t1_to_t_end(name, sde):
     sig = sigma_grid(sde, 1e-3, 9)
     assert bool(jnp.all(jnp.diff(sig) < 0))
-    ends = noise_level(sde, jnp.array([1.0, 1e-3]))
+    ends = sde.noise_level(jnp.array([1.0, 1e-3]))
     np.testing.assert_allclose(sig[jnp.array([0, -1])], ends, rtol=1e-6)
+    # the "logsnr" grid is uniform in the SDE's log-SNR
+    lam = sde.log_snr(sde.noise_level_time(sigma_grid(sde, 1e-3, 9, "logsnr")))
+    np.testing.assert_allclose(jnp.diff(lam), jnp.diff(lam)[0], rtol=2e-3)
 
 
 ORDER_SDES = dict(SDES3, **{"vp-cosine": sgm.VPSDE(schedule=sgm.CosineSchedule())})
@@ -70,27 +70,8 @@ def test_second_order_convergence(name, method, steps):
     ("dpm2m", dict(steps=1), 1), ("dpm2m", dict(steps=6, grid="karras"), 6),
 ])
 def test_reported_nfe_counts_every_score_call(method, kw, expected):
-    sde = sgm.VPSDE()
-    calls = []
-    base = GM_SCORES["vp"]
-
-    def score(t, x):
-        jax.debug.callback(lambda _: calls.append(1), t)
-        return base(t, x)
-
-    x, info = sgm.sample(score, sde, (2,), key=jax.random.key(0), num=1, method=method, **kw)
-    jax.block_until_ready(x)
-    assert len(calls) == int(info["nfe"]) == expected
-
-
-def mixture_stats(x):
-    """Weights, means and stds of the components, assigning points by posterior responsibility."""
-    comp = np.asarray(jnp.argmax(jax.vmap(GM.responsibilities)(x), axis=1))
-    x = np.asarray(x)
-    w = np.array([np.mean(comp == k) for k in range(2)])
-    means = np.stack([x[comp == k].mean(0) for k in range(2)])
-    stds = np.stack([x[comp == k].std(0) for k in range(2)])
-    return w, means, stds
+    reported, counted = count_score_calls(sgm.VPSDE(), method, **kw)
+    assert counted == reported == expected
 
 
 # Means and stds within the tolerances of test_sample.py (stds: dpm2m 0.1, see below).
@@ -110,11 +91,7 @@ def test_reproduces_mixture_in_few_evaluations(name, method, kw, std_tol):
     x, info = sgm.sample(GM_SCORES[name], sde, (2,), key=jax.random.key(7), num=n, method=method,
                          **kw)
     assert int(info["nfe"]) == {"dpm2m": 20, "heun": 39}[method]
-    assert bool(jnp.all(jnp.isfinite(x)))
-    w, means, stds = mixture_stats(x)
-    np.testing.assert_allclose(w, GM.weights, atol=4 * math.sqrt(0.3 * 0.7 / n) + 0.01)
-    np.testing.assert_allclose(means, GM.means, atol=0.06)
-    np.testing.assert_allclose(stds, GM.stds, atol=std_tol)
+    assert_reproduces_mixture(x, std_tol=std_tol)
 
 
 def test_churn_path_and_progress():
@@ -124,10 +101,7 @@ def test_churn_path_and_progress():
                          steps=40, s_churn=20.0, s_tmin=0.05, s_tmax=10.0, return_path=True,
                          progress=lambda done, total: seen.append((done, total)))
     jax.block_until_ready(x)
-    w, means, stds = mixture_stats(x)
-    np.testing.assert_allclose(w, GM.weights, atol=4 * math.sqrt(0.3 * 0.7 / 4000) + 0.01)
-    np.testing.assert_allclose(means, GM.means, atol=0.06)
-    np.testing.assert_allclose(stds, GM.stds, atol=0.05)
+    assert_reproduces_mixture(x, std_tol=0.05)
     assert info["path"].shape == (41, 4000, 2) and info["path_t"].shape == (41,)
     np.testing.assert_array_equal(info["path"][-1], x)
     ends = info["path_t"][jnp.array([0, -2, -1])]

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from sgm.errors import ConfigError
-from sgm.nets import MLP, DiT, UNet, drop_labels, param_count, summary
+from sgm.nets import MLP, Conditioning, DiT, UNet, drop_labels, param_count
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 
 NETS = ["mlp", "unet", "dit"]
@@ -219,14 +219,28 @@ def test_drop_labels():
     assert jnp.array_equal(out[~dropped], labels[~dropped])
 
 
-def test_param_count_and_summary():
+def test_param_count():
     net = MLP(2, width=8, depth=1, time_dim=4, key=init_key(0))
     time_mlp = (4 * 4 + 4) + (4 * 4 + 4)
     block = 2 * 8 + (8 * 8 + 8) + (4 * 8 + 8) + (8 * 8 + 8)
     expected = time_mlp + (2 * 8 + 8) + block + 2 * 8 + (8 * 2 + 2)
     assert param_count(net) == expected
-    text = summary(net)
-    assert text.splitlines()[0] == "MLP" and f"{expected:,}" in text and "width" in text
+
+
+def test_conditioning_keywords_and_label_dropout():
+    labels = jnp.arange(1000) % 3
+    assert Conditioning()(labels) == {}
+    assert Conditioning("param")(labels)["param"] is labels
+    cond = Conditioning("label", 3, label_dropout=0.25)
+    assert cond(labels)["label"] is labels  # no key: no dropout (evaluation, sampling)
+    dropped = np.asarray(cond(labels, key=jax.random.key(0))["label"])
+    assert set(np.unique(dropped)) <= {0, 1, 2, 3}
+    frac = np.mean(dropped == 3)
+    assert abs(frac - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 1000)  # the null label at the drop rate
+    kept = dropped != 3
+    np.testing.assert_array_equal(dropped[kept], np.asarray(labels)[kept])
+    with pytest.raises(ConfigError, match="number of classes"):
+        Conditioning("label")
 
 
 @pytest.mark.parametrize("name", NETS)

@@ -95,3 +95,26 @@ def test_mesh_and_batch_errors():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "E1 a mesh of 8 devices was asked for but 4 are present" in out.stdout, out.stderr
     assert "E2 train.batch_size=30 does not divide over the 4 devices" in out.stdout
+
+
+def test_refusal_on_process_0_reaches_the_others(tmp_path):
+    """Process 0 cannot write its work directory: every process stops with one sentence, exit 2."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    main = Path(__file__).resolve().parents[1] / "main.py"
+    procs = [subprocess.Popen(
+        [sys.executable, str(main), "--workdir", str(blocker / "wd"), "--no-progress",
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+         "--set", "train.steps=2", "train.batch_size=8", "model.width=16", "data.n_train=64"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        errs.append(err)
+        assert p.returncode == 2, err
+    assert "cannot write to work directory" in errs[0]
+    assert "process 0 could not prepare the work directory" in errs[1]

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image
 import sgm
 import sgm.plot
 from sgm.data import toy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import plots  # noqa: E402  (the benchmarks' own figures)
 
 RNG = np.random.default_rng(0)
 GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [0.5, 0.4])
@@ -78,28 +82,29 @@ def test_scatter_2d_alone(tmp_path):
     check_png(tmp_path / "s.png", path)
 
 
-def test_density_2d_with_empty_regions(tmp_path):
+def test_density_panel_with_empty_regions(tmp_path):
     """The checkerboard's log-density is -inf off its support."""
-    path = sgm.plot.density_2d(lambda x: toy.log_prob("checkerboard", x), tmp_path / "d.png",
+    path = sgm.plot.scatter_2d(RNG.uniform(-4, 4, (50, 2)), tmp_path / "d.png",
+                               log_prob=lambda x: toy.log_prob("checkerboard", x),
                                lim=((-5, 5), (-5, 5)), n=40, title="checkerboard")
     check_png(tmp_path / "d.png", path)
 
 
-def test_density_2d_unnormalised(tmp_path):
+def test_density_panel_unnormalised(tmp_path):
     """A log-density too large to exponentiate is drawn relative to its maximum."""
-    path = sgm.plot.density_2d(lambda x: 1e4 - np.sum(x**2, axis=-1), tmp_path / "d.png", lim=2,
-                               n=30)
+    path = sgm.plot.scatter_2d(RNG.normal(size=(50, 2)), tmp_path / "d.png",
+                               log_prob=lambda x: 1e4 - np.sum(x**2, axis=-1), lim=2, n=30)
     check_png(tmp_path / "d.png", path)
 
 
 def test_bad_limits(tmp_path):
     with pytest.raises(ValueError, match="lim must be"):
-        sgm.plot.density_2d(lambda x: -np.sum(x**2, -1), tmp_path / "d.png", lim=(1, 2, 3))
+        sgm.plot.scatter_2d(RNG.normal(size=(5, 2)), tmp_path / "d.png", lim=(1, 2, 3))
 
 
 def test_scatter_grid(tmp_path):
     panels = {"points": RNG.normal(size=(100, 2)), "density": GM_LOGP, "blank": None}
-    path = sgm.plot.scatter_grid(panels, tmp_path / "grid.png", ncols=2, n=40, title="grid")
+    path = plots.scatter_grid(panels, tmp_path / "grid.png", ncols=2, n=40, title="grid")
     check_png(tmp_path / "grid.png", path)
 
 
@@ -118,13 +123,13 @@ def test_sde_paths(tmp_path):
         return lambda y: -0.5 * (y / s) ** 2 - np.log(s * np.sqrt(2 * np.pi))
 
     marginals = {"narrow": (None, normal(1.8)), "wide, reverse": (normal(50.0), None)}
-    path = sgm.plot.sde_paths(paths, tmp_path / "p.png", marginals=marginals, title="paths")
+    path = plots.sde_paths(paths, tmp_path / "p.png", marginals=marginals, title="paths")
     check_png(tmp_path / "p.png", path)
 
 
 def test_sde_paths_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="paths"):
-        sgm.plot.sde_paths({"bad": (np.zeros(5), np.zeros((4, 3)))}, tmp_path / "p.png")
+        plots.sde_paths({"bad": (np.zeros(5), np.zeros((4, 3)))}, tmp_path / "p.png")
 
 
 def test_training_curves(tmp_path):
@@ -139,10 +144,3 @@ def test_training_curves(tmp_path):
 def test_training_curves_needs_a_metric(tmp_path):
     with pytest.raises(ValueError, match="no numeric metric"):
         sgm.plot.training_curves([{"step": 0, "note": "x"}], tmp_path / "c.png")
-
-
-def test_likelihood_curve(tmp_path):
-    curves = {"exact": ([10, 50, 200], [3.1, 2.9, 2.85]),
-              "hutchinson": ([10, 50, 200], [3.2, 2.95, 2.86])}
-    path = sgm.plot.likelihood_curve(curves, tmp_path / "l.png", reference={"entropy": 2.838})
-    check_png(tmp_path / "l.png", path)

@@ -1,15 +1,20 @@
 """Crash safety, signals, NaN handling, unwritable outputs and checkpoints of another model."""
 
+import dataclasses
+import io
 import os
+import pickle
 import random
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import main  # noqa: E402
 from sgm import checkpoint as ckpt  # noqa: E402
+from sgm import build, data, parallel, train  # noqa: E402
 from sgm import config as C  # noqa: E402
-from sgm import data, train  # noqa: E402
 from sgm.errors import CheckpointError, NumericalError  # noqa: E402
 
 SMALL = ["train.batch_size=32", "train.log_every=5", "train.warmup=2", "model.width=16",
@@ -93,11 +98,9 @@ def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, sig):
 
 
 def _setup(on_nan, steps=12):
-    cfg = C.validate(C.override(C.Config(), SMALL + [f"train.steps={steps}", "train.ckpt_every=4",
-                                                     "train.log_every=2", f"train.on_nan={on_nan}"]))
-    ds = data.load(cfg.data.name, n_train=cfg.data.n_train, n_test=cfg.data.n_test)
-    state, opt = train.init_state(cfg, ds, key=jax.random.key(0))
-    return cfg, ds, state, opt, train.build_preprocess(cfg, ds)
+    cfg = C.override(C.Config(), SMALL + [f"train.steps={steps}", "train.ckpt_every=4",
+                                          "train.log_every=2", f"train.on_nan={on_nan}"])
+    return build.experiment(cfg)
 
 
 @pytest.fixture
@@ -117,21 +120,22 @@ def nan_batch(monkeypatch):
 
 
 def test_nan_loss_stops_naming_step_and_keeps_good_checkpoint(tmp_path, nan_batch):
-    cfg, ds, state, opt, pre = _setup("stop")
-    with pytest.raises(NumericalError, match="step 5"):
-        train.train(cfg, ds, state, opt, pre, ckpt_dir=tmp_path)
+    exp = _setup("stop")
+    # steps count from 1, as in the logs and checkpoint names: batch 5 is step 6
+    with pytest.raises(NumericalError, match=r"at step 6; .*checkpoint \(step 4\) is kept"):
+        exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path)
     names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
     assert names == ["ckpt_000000004.npz"]
-    back, _ = ckpt.load(tmp_path / names[0], state)
+    back, _ = ckpt.load(tmp_path / names[0], exp.state)
     assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(
         back.model) if hasattr(a, "dtype") and np.issubdtype(a.dtype, np.floating))
 
 
 def test_nan_loss_can_be_skipped(tmp_path, nan_batch):
-    cfg, ds, state, opt, pre = _setup("skip")
+    exp = _setup("skip")
     logs = []
-    out = train.train(cfg, ds, state, opt, pre, ckpt_dir=tmp_path, on_log=logs.append)
-    assert int(out.step) == 12 and int(out.bad_step) == 5
+    out = exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path, on_log=logs.append)
+    assert int(out.step) == 12 and int(out.bad_step) == 6
     assert sum(r["skipped"] for r in logs) == 1
     leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(out.model) if hasattr(a, "dtype")]
     assert all(np.all(np.isfinite(a)) for a in leaves if np.issubdtype(a.dtype, np.floating))
@@ -168,3 +172,149 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path, capsys):
                       "train.steps=2"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot write to work directory" in err
+
+
+# ------------------------------------------------------------------ second pass: state, inputs, locks
+
+
+def test_nonfinite_update_with_finite_loss_is_not_kept(tmp_path):
+    """An update that makes the weights inf (finite loss) is rejected like a NaN loss."""
+    exp = _setup("stop")
+    bad = optax.chain(exp.optimizer, optax.scale(float("inf")))
+    exp = dataclasses.replace(exp, optimizer=bad, state=train.init_state(exp.state.model, bad))
+    with pytest.raises(NumericalError, match="at step 1; stopped, no checkpoint was written"):
+        exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path)
+    assert ckpt.list_checkpoints(tmp_path) == []
+    skip = dataclasses.replace(exp, cfg=C.override(exp.cfg, ["train.on_nan=skip"]))
+    with pytest.raises(NumericalError, match=r"6 of the 6 steps run were skipped .* stopped"):
+        skip.train(skip.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path)  # not silent
+    for p in ckpt.list_checkpoints(tmp_path):  # whatever was saved holds finite weights
+        back, _ = ckpt.load(p, exp.state)
+        assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(back.model)
+                   if hasattr(a, "dtype") and np.issubdtype(a.dtype, np.floating))
+
+
+def test_checkpoint_arrays_are_checked_against_manifest(tmp_path):
+    tree = {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    path = ckpt.save(tmp_path, 1, tree)
+    with np.load(path, allow_pickle=False) as f:
+        members = {k: f[k] for k in f.files}
+    leaf = next(k for k in members if k != "__manifest__" and members[k].shape == (3, 2))
+    np.savez(path, **dict(members, **{leaf: np.ones((4, 2), np.float32)}))
+    with pytest.raises(CheckpointError, match="corrupt: array"):
+        ckpt.load(path, tree)
+    # a member that is not an .npy array (raw bytes, e.g. a pickle) is refused, never unpickled
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in members.items():
+            if k == leaf:
+                z.writestr(k, pickle.dumps(v))  # no .npy suffix: np.load hands back bytes
+            else:
+                buf = io.BytesIO()
+                np.save(buf, v)
+                z.writestr(f"{k}.npy", buf.getvalue())
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt.load(path, tree)
+
+
+def test_same_shaped_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=4"]
+    assert main.main(base) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (wd / "checkpoints").iterdir()}
+    config = (wd / "config.json").read_text()
+    assert main.main(base + ["sde.kind=ve", "model.prediction=score", "train.steps=8"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with sde.kind='vp', not 've'" in err and err.count("\n") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in (wd / "checkpoints").iterdir()} == before
+    assert (wd / "config.json").read_text() == config
+
+
+def test_rejected_config_leaves_a_finished_run_alone(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=4"]
+    assert main.main(base) == 0
+    files = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+    for bad in (["train.steps=40", "data.n_train=10"], ["train.batch_size=4096"], ["train.lr=inf"],
+                ["train.seed=-1"]):
+        assert main.main(base + bad) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == files
+
+
+def test_work_directory_is_locked_while_a_run_holds_it(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sgm import checkpoint as c; f = c.lock_workdir(sys.argv[1]); "
+        "print('locked', flush=True); time.sleep(60)"), str(wd)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
+                "train.steps=2"]
+        assert main.main(args) == 2
+        err = capsys.readouterr().err
+        assert "is in use by process" in err and err.count("\n") == 1
+        assert not (wd / "checkpoints").exists() and not (wd / "config.json").exists()
+        holder.kill()  # a crashed holder does not leave the lock stuck
+        holder.wait()
+        assert main.main(args) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_bad_config_files_are_one_sentence(tmp_path, capsys):
+    cases = {"syntax.py": "config = (", "raises.py": "raise RuntimeError('boom')",
+             "config.txt": "config = None"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main.main([str(tmp_path / name), "--workdir", str(tmp_path / "wd")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: config file") and err.count("\n") == 1, err
+    assert not (tmp_path / "wd").exists()
+
+
+def test_leftover_temporary_files_are_removed_and_outputs_are_readable(tmp_path):
+    wd = tmp_path / "wd"
+    (wd / "checkpoints").mkdir(parents=True)
+    stale = wd / "checkpoints" / ".tmp_ckpt_000000002_abc.npz"
+    stale.write_bytes(b"half a checkpoint")
+    assert main.main(["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
+                      "train.steps=2"]) == 0
+    assert not stale.exists()
+    mode = (wd / "checkpoints" / "ckpt_000000002.npz").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask()  # as open() would make it, not mkstemp's 0600
+
+
+def test_truncated_newest_checkpoint_names_the_previous_one(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
+            "train.steps=8", "train.ckpt_every=4"]
+    assert main.main(base) == 0
+    newest = ckpt.latest(wd / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:200])
+    assert main.main(base) == 2
+    err = capsys.readouterr().err
+    assert "Delete it to resume from the previous checkpoint, ckpt_000000004.npz" in err
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_disk_full_while_writing_outputs_is_one_sentence(tmp_path, capsys, monkeypatch):
+    wd = tmp_path / "wd"
+    args = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=2"]
+    import sgm.plot
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(wd / "figs" / "training.png"))
+
+    monkeypatch.setattr(sgm.plot, "training_curves", full)
+    assert main.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device") and err.count("\n") == 1
+    assert ckpt.latest(wd / "checkpoints").name == "ckpt_000000002.npz"  # the checkpoint is whole

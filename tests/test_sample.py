@@ -1,16 +1,14 @@
 """Samplers driven by the closed-form score of a 2-D Gaussian mixture reproduce the mixture."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SDES3
+from conftest import MIXTURE as GM
+from conftest import SDES3, assert_reproduces_mixture, count_score_calls
 
 import sgm
 
-GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.4], [0.3, 0.6]])
 N = 4000
 METHODS = {
     "em": dict(steps=500),
@@ -21,29 +19,14 @@ METHODS = {
 }
 
 
-def mixture_stats(x):
-    """Weights, means and stds of the components, assigning points by posterior responsibility."""
-    comp = jnp.argmax(jax.vmap(GM.responsibilities)(x), axis=1)
-    w = jnp.array([jnp.mean(comp == k) for k in range(2)])
-    means = jnp.stack([jnp.sum(jnp.where((comp == k)[:, None], x, 0), 0) / jnp.sum(comp == k) for k in range(2)])
-    stds = jnp.stack([jnp.sqrt(jnp.sum(jnp.where((comp == k)[:, None], (x - means[k]) ** 2, 0), 0)
-                               / jnp.sum(comp == k)) for k in range(2)])
-    return w, means, stds
-
-
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("name", list(SDES3))
 def test_sampler_reproduces_mixture(name, method):
     sde = SDES3[name]
     x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(7), num=N, method=method,
                          **METHODS[method])
-    assert x.shape == (N, 2) and bool(jnp.all(jnp.isfinite(x)))
-    w, means, stds = mixture_stats(x)
-    w_se = math.sqrt(0.3 * 0.7 / N)
-    np.testing.assert_allclose(w, GM.weights, atol=4 * w_se + 0.01)
-    # standard errors of component means are std / sqrt(n_k) <~ 0.02; stds ~ std / sqrt(2 n_k)
-    np.testing.assert_allclose(means, GM.means, atol=0.06)
-    np.testing.assert_allclose(stds, GM.stds, atol=0.05)
+    assert x.shape == (N, 2)
+    assert_reproduces_mixture(x, std_tol=0.05)
     assert int(info["nfe"]) > 0
 
 
@@ -67,19 +50,10 @@ def test_em_error_shrinks_with_steps():
     ("ddpm", dict(steps=15), 15), ("ddim", dict(steps=7), 7),
 ])
 def test_reported_nfe_counts_every_score_call(method, kw, expected):
-    sde = sgm.VPSDE()
-    calls = []
-    base = GM.score(sde)
-
-    def score(t, x):
-        jax.debug.callback(lambda _: calls.append(1), t)
-        return base(t, x)
-
-    x, info = sgm.sample(score, sde, (2,), key=jax.random.key(0), num=1, method=method, **kw)
-    jax.block_until_ready(x)
-    assert len(calls) == int(info["nfe"])
+    reported, counted = count_score_calls(sgm.VPSDE(), method, **kw)
+    assert counted == reported
     if expected is not None:
-        assert int(info["nfe"]) == expected
+        assert reported == expected
 
 
 def test_clip_and_path_and_progress():

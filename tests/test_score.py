@@ -1,6 +1,5 @@
 """Each parameterisation of ScoreModel turns an oracle network into the exact score."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,7 +41,7 @@ class Oracle:
 @pytest.mark.parametrize("name", list(SDES3))
 def test_parameterisations_recover_true_score(name, param):
     sde = SDES3[name]
-    model = sgm.ScoreModel(Oracle(sde, param, 0.5), sde, param=param, sigma_data=0.5)
+    model = sgm.ScoreModel(Oracle(sde, param, 0.5), sde, prediction=param, sigma_data=0.5)
     x = jnp.array([0.3, -0.2])
     for t in (0.01, 0.3, 0.9):
         xt = sde.scale(t) * x + 0.5 * sde.std(t)
@@ -70,4 +69,4 @@ def test_tweedie_recovers_mean_for_point_mass_limit():
 
 def test_unknown_parameterisation():
     with pytest.raises(sgm.ConfigError, match="parameterisation"):
-        sgm.ScoreModel(lambda t, x: x, sgm.VPSDE(), param="flow")
+        sgm.ScoreModel(lambda t, x: x, sgm.VPSDE(), prediction="flow")

@@ -104,3 +104,48 @@ def test_invalid_parameters_are_rejected():
         sgm.VESDE(sigma_min=10.0, sigma_max=1.0)
     with pytest.raises(sgm.ConfigError, match="t0"):
         sgm.SubVPSDE(t0=0.0)
+
+
+@pytest.mark.parametrize("name,sde", SDES, ids=[n for n, _ in SDES])
+def test_noise_level_time_inverts_noise_level(name, sde):
+    """t(sigma) undoes sigma(t) = std / scale: closed form (VE, linear VP/SubVP) or bisection."""
+    t = jnp.array([1e-3, 0.01, 0.1, 0.37, 0.8, 1.0])
+    sig = sde.noise_level(t)
+    np.testing.assert_allclose(sig, sde.std(t) / sde.scale(t), rtol=1e-6)
+    np.testing.assert_allclose(sde.noise_level_time(sig), t, rtol=2e-4, atol=1e-6)
+    # the default (bisection) agrees with any closed-form override
+    bisected = sgm.AbstractSDE.noise_level_time(sde, sig)
+    np.testing.assert_allclose(bisected, t, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(sde.log_snr(t), 2 * jnp.log(sde.scale(t) / sde.std(t)), rtol=1e-5)
+
+
+def test_ve_noise_level_is_not_its_geometric_sigma():
+    """VE: noise_level(t) = std(t) = sqrt(sigma(t)^2 - sigma_min^2), not sigma(t) itself."""
+    ve, t = sgm.VESDE(), jnp.array([0.01, 0.3, 1.0])
+    np.testing.assert_allclose(ve.noise_level(t), jnp.sqrt(ve.sigma(t) ** 2 - 0.01**2), rtol=1e-5)
+    assert float(ve.noise_level(0.01)) < 0.5 * float(ve.sigma(0.01))
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_schedule_inverse_integral(name):
+    sch = SCHEDULES[name]
+    t = jnp.array([0.0, 1e-3, 0.2, 0.7, 1.0])
+    np.testing.assert_allclose(sch.inverse_integral(sch.integral(t)), t, rtol=1e-4, atol=1e-6)
+    # the linear schedule's closed form against the default bisection
+    np.testing.assert_allclose(sgm.sde.AbstractSchedule.inverse_integral(sch, sch.integral(t)), t,
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: sgm.LinearSchedule(3.0, 1.0),
+     "LinearSchedule needs 0 <= beta_min < beta_max, got beta_min=3.0, beta_max=1.0"),
+    (lambda: sgm.QuadraticSchedule(-1.0, 1.0), "QuadraticSchedule needs 0 <= beta_min"),
+    (lambda: sgm.ScaledLinearSchedule(2.0, 2.0), "ScaledLinearSchedule needs 0 <= beta_min"),
+    (lambda: sgm.SigmoidSchedule(5.0, 1.0), "SigmoidSchedule needs 0 <= beta_min"),
+    (lambda: sgm.SigmoidSchedule(start=1.0, end=0.0), "end > start"),
+    (lambda: sgm.VPSDE(t0=0.5, t1=0.2), "VPSDE needs 0 < t0 < t1, got t0=0.5, t1=0.2"),
+    (lambda: sgm.VESDE(t0=-1.0), "VESDE needs 0 < t0 < t1, got t0=-1.0"),
+])
+def test_range_checks_name_the_class_and_values(make, match):
+    with pytest.raises(sgm.ConfigError, match=match):
+        make()

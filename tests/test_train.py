@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import main  # noqa: E402
 from sgm import checkpoint as ckpt  # noqa: E402
 from sgm import config as C  # noqa: E402
-from sgm import data, evaluate, train  # noqa: E402
+from sgm import build, parallel  # noqa: E402
 from sgm.errors import CheckpointError  # noqa: E402
 
 TINY = ["train.steps=12", "train.batch_size=32", "train.log_every=4", "train.ckpt_every=4",
@@ -62,22 +62,21 @@ def test_end_to_end_writes_outputs(tmp_path, capsys):
     assert (wd / "figs" / "samples.png").stat().st_size > 0
     assert "test NLL" in capsys.readouterr().out
     # The finished run loads back for evaluation: its config, data and the last checkpoint.
-    cfg2, ds, state, _ = evaluate.load_run(wd)
-    assert json.loads(C.to_json(cfg2)) == cfg and ds.name == "eight_gaussians"
+    exp = build.load_run(wd)
+    state = exp.state
+    assert json.loads(C.to_json(exp.cfg)) == cfg and exp.ds.name == "eight_gaussians"
     assert int(state.step) == 12
     saved, _ = ckpt.load(wd / "checkpoints" / "ckpt_000000012.npz", state)
     pairs = zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(saved), strict=True)
     assert all(np.array_equal(a, b) for a, b in pairs)
     with pytest.raises(CheckpointError, match="no config.json"):
-        evaluate.load_run(tmp_path)
+        build.load_run(tmp_path)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     assert run_main(tmp_path, name="straight", mode="train") == 0
     # Interrupted run: stop after the step-4 checkpoint, then rerun the same command.
-    cfg = C.validate(C.override(C.load_file(main.DEFAULT_CONFIG), TINY))
-    ds = data.load(cfg.data.name, n_train=cfg.data.n_train, n_test=cfg.data.n_test, seed=cfg.data.seed)
-    state, opt = train.init_state(cfg, ds, key=jax.random.key(cfg.train.seed))
+    exp = build.experiment(C.override(C.load_file(main.DEFAULT_CONFIG), TINY))
 
     class Stop(Exception):
         pass
@@ -87,8 +86,8 @@ def test_resume_equals_uninterrupted(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train.train(cfg, ds, state, opt, train.build_preprocess(cfg, ds),
-                    ckpt_dir=tmp_path / "resumed" / "checkpoints", on_log=stop)
+        exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path / "resumed" / "checkpoints",
+                  on_log=stop)
     assert ckpt.latest(tmp_path / "resumed" / "checkpoints").name == "ckpt_000000004.npz"
     assert run_main(tmp_path, name="resumed", mode="train") == 0
     a = leaves(tmp_path / "straight" / "checkpoints" / "ckpt_000000012.npz")
@@ -103,8 +102,17 @@ def test_resume_equals_uninterrupted(tmp_path):
     (["--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
     (["--set", "train.steps=abc"], "train.steps='abc' is not an integer"),
     (["--set", "train.steps=-5"], "train.steps=-5 is invalid"),
-    (["--set", "sde.beta_min=30"], "sde.beta_min=30.0 is invalid"),
-    (["--set", "sde.kind=ve", "sde.sigma_min=60"], "sde.sigma_min=60.0 is invalid"),
+    (["--set", "sde.beta_min=30"], "beta_min < beta_max"),
+    (["--set", "sde.kind=ve", "sde.sigma_min=60"], "sigma_min < sigma_max"),
+    (["--set", "sde.t0=0"], "t0"),
+    (["--set", "train.lr=inf"], "train.lr=inf is invalid: expected a finite number"),
+    (["--set", "sample.guidance=nan"], "sample.guidance=nan is invalid"),
+    (["--set", "train.seed=-1"], "train.seed=-1 is invalid"),
+    (["--set", "data.seed=-1"], "data.seed=-1 is invalid"),
+    (["--set", "model.param=v"], "renamed: use model.prediction=v"),
+    (["--num-processes", "2"], "needs the coordinator's host:port"),
+    (["--coordinator", "notahost", "--num-processes", "2", "--process-id", "0"], "expected host:port"),
+    (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "5"], "process id 5 is invalid"),
     (["--set", "data.name=imagenet"], "data.name='imagenet' is invalid"),
     (["--set", "sample.method=magic"], "sample.method='magic' is invalid"),
     (["--set", "model.net=resnet"], "model.net='resnet' is invalid"),

@@ -18,37 +18,22 @@ import numpy as np
 
 from sgm.data import digits, files, grf, images, toy
 from sgm.data.loader import Batches, batch_at, epoch_permutation
-from sgm.data.transforms import (
-    Standardizer,
-    centre,
-    dequantize,
-    from_model,
-    quantize,
-    to_model,
-    to_model_log_det,
-    to_uint8,
-)
+from sgm.data.transforms import Preprocess, discrete_log_det
 from sgm.errors import ConfigError, DataError
 
 __all__ = [
     "NAMES",
     "Batches",
     "Dataset",
-    "Standardizer",
+    "Preprocess",
     "batch_at",
-    "centre",
-    "dequantize",
     "digits",
+    "discrete_log_det",
     "epoch_permutation",
     "files",
-    "from_model",
     "grf",
     "images",
     "load",
-    "quantize",
-    "to_model",
-    "to_model_log_det",
-    "to_uint8",
     "toy",
 ]
 

@@ -12,27 +12,31 @@ All share the call `net(t, x, *, label=None, param=None, image=None, key=None)`.
 
 from __future__ import annotations
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import numpy as np
 
-from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, drop_labels, time_features
+from sgm.nets.embeddings import (
+    ConditionEmbedding,
+    Conditioning,
+    TimeEmbedding,
+    drop_labels,
+    time_features,
+)
 from sgm.nets.mlp import MLP
 from sgm.nets.transformer import DiT
 from sgm.nets.unet import UNet
 
 __all__ = [
     "MLP",
-    "UNet",
-    "DiT",
     "ConditionEmbedding",
+    "Conditioning",
+    "DiT",
     "TimeEmbedding",
+    "UNet",
     "drop_labels",
-    "time_features",
     "param_count",
-    "summary",
+    "time_features",
 ]
 
 
@@ -40,15 +44,3 @@ def param_count(model: eqx.Module) -> int:
     """Number of trainable scalars: the total size of every floating-point array leaf."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
     return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))
-
-
-def summary(model: eqx.Module) -> str:
-    """A short multi-line description: class name, its static sizes and flags, parameter count."""
-    lines = [type(model).__name__]
-    for field in dataclasses.fields(model):
-        if field.metadata.get("static", False):
-            value = getattr(model, field.name)
-            if value is not None and value != 0 or field.name == "dropout":
-                lines.append(f"  {field.name:<16} {value}")
-    lines.append(f"  {'parameters':<16} {param_count(model):,}")
-    return "\n".join(lines)

@@ -18,6 +18,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from sgm.errors import ConfigError
@@ -177,3 +178,49 @@ def drop_labels(
     labels = jnp.asarray(labels)
     drop = jax.random.bernoulli(key, p, labels.shape)
     return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
+
+
+class Conditioning(eqx.Module):
+    """What a network is conditioned on, and how a batch's raw conditions become its keywords.
+
+    `kind` is "label" (integer class labels, the null label `num_classes` for classifier-free
+    guidance), "param" (float parameter vectors) or None (unconditional). Called on a batch of raw
+    conditions it returns the keyword dict the networks take (`{"label": ...}`, `{"param": ...}` or
+    `{}`); with a `key` and `label_dropout > 0` each label is replaced by the null label with that
+    probability (training for guidance).
+    """
+
+    kind: str | None = eqx.field(static=True, default=None)
+    num_classes: int | None = eqx.field(static=True, default=None)
+    label_dropout: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self):
+        if self.kind not in (None, "label", "param"):
+            raise ConfigError(f"unknown conditioning {self.kind!r}; expected 'label', 'param' or None.")
+        if self.kind == "label" and not self.num_classes:
+            raise ConfigError("label conditioning needs the number of classes.")
+
+    def __call__(self, cond, *, key: Key | None = None) -> dict:
+        if self.kind is None or cond is None:
+            return {}
+        if self.kind == "label" and key is not None and self.label_dropout > 0:
+            cond = drop_labels(key, cond, self.label_dropout, self.num_classes)
+        return {self.kind: cond}
+
+
+def image_hw(image_size) -> tuple[int, int]:
+    """`(h, w)` from a square size `h` or a pair."""
+    h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
+    return int(h), int(w)
+
+
+def with_condition_image(net: str, x: Image, image: Image | None, cond_channels: int) -> Image:
+    """`x` with the conditioning image concatenated along channels, checking it is as built."""
+    hw = x.shape[1:]
+    if cond_channels:
+        if image is None or image.shape != (cond_channels, *hw):
+            raise ValueError(f"This {net} needs `image` of shape {(cond_channels, *hw)}.")
+        return jnp.concatenate([x, image.astype(x.dtype)])
+    if image is not None:
+        raise ValueError(f"This {net} was built with cond_channels=0; pass image=None.")
+    return x

@@ -24,7 +24,17 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from sgm.errors import ConfigError
-from sgm.nets.embeddings import ConditionEmbedding, Key, Label, Param, Time, split_key, zero_init
+from sgm.nets.embeddings import (
+    ConditionEmbedding,
+    Key,
+    Label,
+    Param,
+    Time,
+    image_hw,
+    split_key,
+    with_condition_image,
+    zero_init,
+)
 
 Tokens = Float[Array, "n width"]
 
@@ -131,8 +141,7 @@ class DiT(eqx.Module):
         dropout: float = 0.0,
         key: Key,
     ):
-        h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-        h, w = int(h), int(w)
+        h, w = image_hw(image_size)
         if min(channels, h, w, patch, width, depth, heads, mlp_ratio) < 1 or cond_channels < 0:
             raise ConfigError(
                 "DiT sizes (channels, image_size, patch, width, ...) must be positive."
@@ -182,12 +191,7 @@ class DiT(eqx.Module):
         p = self.patch
         if x.shape != (self.channels, h, w):
             raise ValueError(f"DiT expects x of shape {(self.channels, h, w)}, got {x.shape}.")
-        if self.cond_channels:
-            if image is None or image.shape != (self.cond_channels, h, w):
-                raise ValueError(f"This DiT needs `image` of shape {(self.cond_channels, h, w)}.")
-            x = jnp.concatenate([x, image.astype(x.dtype)])
-        elif image is not None:
-            raise ValueError("This DiT was built with cond_channels=0; pass image=None.")
+        x = with_condition_image("DiT", x, image, self.cond_channels)
         c = self.embed(t, label, param)
 
         tokens = einops.rearrange(x, "c (gh p) (gw q) -> (gh gw) (c p q)", p=p, q=p)

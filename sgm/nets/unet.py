@@ -24,7 +24,6 @@ import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from sgm.errors import ConfigError
@@ -35,7 +34,9 @@ from sgm.nets.embeddings import (
     Label,
     Param,
     Time,
+    image_hw,
     split_key,
+    with_condition_image,
     zero_init,
 )
 
@@ -110,7 +111,7 @@ class _Level(eqx.Module):
         if self.resample is None:
             return h
         if self.up:  # nearest-neighbour x2, then a 3x3 conv
-            h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+            h = einops.repeat(h, "c h w -> c (h a) (w b)", a=2, b=2)
         return self.resample(h)
 
 
@@ -173,8 +174,7 @@ class UNet(eqx.Module):
         periodic: bool = False,
         key: Key,
     ):
-        h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-        h, w = int(h), int(w)
+        h, w = image_hw(image_size)
         mults = tuple(int(m) for m in channel_mults)
         if channels < 1 or h < 1 or w < 1 or base < 1 or num_res_blocks < 1 or cond_channels < 0:
             raise ConfigError(
@@ -275,12 +275,7 @@ class UNet(eqx.Module):
         h, w = self.image_size
         if x.shape != (self.channels, h, w):
             raise ValueError(f"UNet expects x of shape {(self.channels, h, w)}, got {x.shape}.")
-        if self.cond_channels:
-            if image is None or image.shape != (self.cond_channels, h, w):
-                raise ValueError(f"This UNet needs `image` of shape {(self.cond_channels, h, w)}.")
-            x = jnp.concatenate([x, image.astype(x.dtype)])
-        elif image is not None:
-            raise ValueError("This UNet was built with cond_channels=0; pass image=None.")
+        x = with_condition_image("UNet", x, image, self.cond_channels)
         emb = self.embed(t, label, param)
         num_blocks = sum(len(lv.blocks) for lv in self.down + self.up) + len(self.mid)
         keys = iter(split_key(key, num_blocks))

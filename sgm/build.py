@@ -1,0 +1,337 @@
+"""The one edge between a config and the library: `Config` -> objects.
+
+Besides `main.py` this is the only module that reads a `Config`. It holds one registry per choice
+(noise schedules, SDE kinds, networks, optimisers, learning-rate decays; datasets, samplers and
+score parameterisations come from the modules that implement them), checks every name against its
+registry before anything is built or written (`check`), and turns the config's sections into the
+objects the library takes: SDE, network, score model, preprocessing, optimizer, dataset, batches,
+and the keyword arguments of `sgm.sample`, `sgm.log_likelihood` and the loss. `experiment` does
+the whole build, including the resume sequence (init, then the latest checkpoint, refused if it was
+written for another model); `load_run` gives a finished run back from its work directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import checkpoint as ckpt
+from . import config as C
+from . import data, evaluate, parallel, samplers, train
+from .config import Config
+from .errors import CheckpointError, ConfigError
+from .likelihood import DEQUANT_BOUNDS
+from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
+from .nets import DiT, MLP, Conditioning, UNet
+from .score import PREDICTIONS, GuidedScore, ScoreModel
+from .sde import (
+    CosineSchedule,
+    LinearSchedule,
+    QuadraticSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
+    SubVPSDE,
+    VESDE,
+    VPSDE,
+)
+
+# ------------------------------------------------------------------------------------ registries
+
+SCHEDULES = {  # (beta_min, beta_max) -> schedule of the integrated rate B(t)
+    "linear": LinearSchedule,
+    "cosine": lambda beta_min, beta_max: CosineSchedule(),
+    "quadratic": QuadraticSchedule,
+    "sigmoid": SigmoidSchedule,
+    "scaled_linear": ScaledLinearSchedule,
+}
+SDES = {  # the SDE config section -> SDE
+    "vp": lambda s: VPSDE(schedule=SCHEDULES[s.schedule](s.beta_min, s.beta_max), t0=s.t0),
+    "subvp": lambda s: SubVPSDE(schedule=SCHEDULES[s.schedule](s.beta_min, s.beta_max), t0=s.t0),
+    "ve": lambda s: VESDE(s.sigma_min, s.sigma_max, t0=s.t0),
+}
+OPTIMIZERS = {  # (learning-rate schedule, weight decay) -> optax optimizer
+    "adam": lambda lr, wd: optax.adam(lr),
+    "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
+}
+DECAYS = {  # (peak lr, warm-up steps, total steps) -> learning-rate schedule after a linear warm-up
+    "cosine": lambda lr, warm, steps: optax.warmup_cosine_decay_schedule(
+        0.0, lr, warm, max(steps, warm + 1), end_value=lr * 0.01),
+    "constant": lambda lr, warm, steps: optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm]),
+}
+
+
+def _mlp(m, ds, extra):
+    return MLP(ds.dim, width=m.width, depth=m.depth, **extra)
+
+
+def _image_net(kind):
+    def make(m, ds, extra):
+        if len(ds.shape) != 3:
+            raise ConfigError(f"model.net={m.net!r} needs image data (C, H, W); {ds.name} has "
+                              f"shape {ds.shape}.")
+        c, h, w = ds.shape
+        if kind == "unet":
+            return UNet(c, (h, w), base=m.base, channel_mults=m.channel_mults,
+                        num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions,
+                        heads=m.heads, periodic=m.periodic, **extra)
+        return DiT(c, (h, w), patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, **extra)
+
+    return make
+
+
+NETS = {"mlp": _mlp, "unet": _image_net("unet"), "dit": _image_net("dit")}  # (model cfg, ds, extra)
+
+#: every named choice of the config and the registry it must be in
+CHOICES = {
+    "data.name": data.NAMES,
+    "sde.kind": tuple(SDES),
+    "sde.schedule": tuple(SCHEDULES),
+    "model.net": tuple(NETS),
+    "model.prediction": PREDICTIONS,
+    "train.optimizer": tuple(OPTIMIZERS),
+    "train.decay": tuple(DECAYS),
+    "train.weighting": WEIGHTINGS,
+    "train.time_sampling": TIME_SAMPLINGS,
+    "train.reduce": REDUCTIONS,
+    "train.on_nan": ("stop", "skip"),
+    "sample.method": tuple(samplers.SAMPLERS),
+    "likelihood.dequant_bound": DEQUANT_BOUNDS,
+}
+
+
+def check(cfg: Config) -> Config:
+    """Types, ranges and every name against its registry; returns `cfg` or raises ConfigError."""
+    C.validate(cfg)
+    for key, allowed in CHOICES.items():
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is invalid: expected one of {', '.join(allowed)}.")
+    if cfg.model.periodic and cfg.model.net != "unet":
+        raise ConfigError(f"model.periodic=True needs model.net='unet', got {cfg.model.net!r}.")
+    build_sde(cfg)  # the SDE checks its own parameters
+    return cfg
+
+
+# --------------------------------------------------------------------------------------- objects
+
+
+def build_sde(cfg: Config):
+    try:
+        return SDES[cfg.sde.kind](cfg.sde)
+    except ConfigError as e:
+        raise ConfigError(f"sde: {e}") from None
+
+
+def build_dataset(cfg: Config) -> data.Dataset:
+    d = cfg.data
+    return data.load(d.name, root=d.root, n_train=d.n_train, n_test=d.n_test,
+                     image_size=d.image_size, seed=d.seed)
+
+
+def build_conditioning(cfg: Config, ds: data.Dataset) -> Conditioning:
+    """Labels if the data has classes, parameters if it has parameter vectors (when conditional)."""
+    if cfg.model.conditional and ds.num_classes:
+        return Conditioning("label", ds.num_classes, cfg.model.label_dropout)
+    if cfg.model.conditional and ds.param_dim:
+        return Conditioning("param")
+    return Conditioning()
+
+
+def build_model(cfg: Config, ds: data.Dataset, sde, cond: Conditioning, *, key) -> ScoreModel:
+    extra = dict(num_classes=cond.num_classes, param_dim=ds.param_dim if cond.kind == "param" else None,
+                 dropout=cfg.model.dropout, key=key)
+    return ScoreModel(NETS[cfg.model.net](cfg.model, ds, extra), sde, prediction=cfg.model.prediction)
+
+
+def build_optimizer(cfg: Config) -> optax.GradientTransformation:
+    t = cfg.train
+    lr = DECAYS[t.decay](t.lr, max(t.warmup, 1), t.steps)
+    opt = OPTIMIZERS[t.optimizer](lr, t.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip), opt) if t.grad_clip > 0 else opt
+
+
+def build_preprocess(cfg: Config, ds: data.Dataset) -> data.Preprocess:
+    return data.Preprocess.fit(ds.train, levels=ds.levels, standardize=cfg.data.standardize)
+
+
+def loss_options(cfg: Config, *, heldout: bool = False) -> dict:
+    """Keywords of `dsm_loss`; the held-out loss uses plain uniform times (comparable across runs)."""
+    t = cfg.train
+    if heldout:
+        return dict(weighting=t.weighting, reduce=t.reduce)
+    return dict(weighting=t.weighting, time_sampling=t.time_sampling, importance=t.importance,
+                reduce=t.reduce, dropout=cfg.model.dropout > 0)
+
+
+def sample_options(cfg: Config) -> dict:
+    """Keywords of `sgm.sample`: method, steps, t_end and the options the method takes."""
+    s = cfg.sample
+    spec = samplers.SAMPLERS[s.method]
+    opts = {k: getattr(s, k) for k in ("snr", "eta") if k in spec.options}
+    steps = None if spec.default_steps is None else s.steps
+    return dict(method=s.method, steps=steps, t_end=s.t_end, **opts)
+
+
+def likelihood_options(cfg: Config) -> dict:
+    """Keywords of `evaluate.heldout_likelihood` (and through it `sgm.log_likelihood`)."""
+    lc = cfg.likelihood
+    return dict(exact=lc.exact, rtol=lc.rtol, atol=lc.atol, probes=lc.probes, batch=lc.batch,
+                dequant_samples=lc.dequant_samples, dequant_bound=lc.dequant_bound)
+
+
+# ------------------------------------------------------------------------------------ experiment
+
+#: the config sections that define the model a checkpoint holds (a resume must not change them)
+IDENTITY = ("data", "sde", "model")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """Everything a config builds, and the evaluations of a model wired to the config's settings."""
+
+    cfg: Config
+    ds: data.Dataset
+    sde: object
+    conditioning: Conditioning
+    preprocess: data.Preprocess
+    optimizer: optax.GradientTransformation
+    state: train.TrainState
+    checkpoint: Path | None = None  # the checkpoint `state` was read from (None: a new run)
+
+    def cond(self, raw) -> dict:
+        """The networks' conditioning keywords for raw conditions (labels/parameters) or None."""
+        return self.conditioning(None if raw is None else jnp.asarray(raw))
+
+    def train(self, state, *, mesh, **hooks) -> train.TrainState:
+        """Trains `state` to `train.steps` (hooks: ckpt_dir, on_log, on_eval, progress, metadata)."""
+        t = self.cfg.train
+        parallel.check_batch(t.batch_size, mesh)
+        loss = functools.partial(_loss, options=loss_options(self.cfg))
+        step = train.make_step(loss, self.optimizer, self.preprocess, ema=t.ema,
+                               conditioning=self.conditioning, grad_accum=t.grad_accum)
+        arrays = (self.ds.train, self.ds.train_cond) if self.conditioning.kind else self.ds.train
+        batches = data.Batches(arrays, t.batch_size, t.seed, start_step=int(state.step),
+                               process_index=jax.process_index(), process_count=jax.process_count())
+        return train.train(step, state, batches, key=jax.random.key(t.seed), steps=t.steps, mesh=mesh,
+                           log_every=t.log_every, ckpt_every=t.ckpt_every, eval_every=t.eval_every,
+                           keep_checkpoints=t.keep_checkpoints, on_nan=t.on_nan, **hooks)
+
+    def heldout_loss(self, model, *, num: int | None = None) -> float:
+        num = self.cfg.train.eval_num if num is None else num
+        cond = None if self.ds.test_cond is None else self.ds.test_cond[:num]
+        return evaluate.heldout_loss(model, self.preprocess, self.ds.test[:num], self.cond(cond),
+                                     key=jax.random.key(0), **loss_options(self.cfg, heldout=True))
+
+    def heldout_likelihood(self, model, *, num: int | None = None, mesh=None, **overrides) -> dict:
+        """Held-out NLL/bits per dim (`evaluate.heldout_likelihood`), next to the exact density."""
+        lc = self.cfg.likelihood
+        num = min(lc.num if num is None else num, self.ds.test.shape[0])
+        x = self.ds.test[:num]
+        raw = None if self.ds.test_cond is None else self.ds.test_cond[:num]
+        opts = {**likelihood_options(self.cfg), **overrides}
+        out = evaluate.heldout_likelihood(model, self.preprocess, x, self.cond(raw),
+                                          key=jax.random.key(lc.seed), mesh=mesh, **opts)
+        out["entropy"] = self.ds.entropy
+        if self.ds.log_prob is not None:  # the exact density on the same points: the honest gap
+            out["true_nll"] = -float(np.mean(self.ds.log_prob(np.asarray(x), raw)))
+        return out
+
+    def sample_conditions(self, num: int):
+        """Raw conditions of `num` samples: labels 0, 1, 2, ... cycling, or the parameters of the
+        first (up to 8) test points, cycling; None for an unconditional model."""
+        if self.conditioning.kind == "label":
+            return np.arange(num) % self.ds.num_classes
+        if self.conditioning.kind == "param":
+            return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
+        return None
+
+    def samples(self, model, *, num: int | None = None, mesh=None, **overrides):
+        """`(samples in data units, info, raw conditions)` with the config's sampler."""
+        s = self.cfg.sample
+        num = s.num if num is None else num
+        total = num if mesh is None else num + -num % mesh.devices.size
+        raw = self.sample_conditions(total)
+        score = model
+        if self.conditioning.kind == "label":
+            score = GuidedScore(model, None, self.ds.num_classes, s.guidance)
+        opts = {**sample_options(self.cfg), **overrides}
+        x, info = evaluate.draw_samples(score, model.sde, self.preprocess, self.ds.shape, num=total,
+                                        key=jax.random.key(s.seed), cond=self.cond(raw), mesh=mesh,
+                                        **opts)
+        return x[:num], info, None if raw is None else np.asarray(raw)[:num]
+
+
+def _loss(model, x, cond, key, *, options):
+    return dsm_loss(model, model.sde, x, key=key, cond=cond, **options)
+
+
+def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False) -> Experiment:
+    """Checks `cfg`, builds every object and the train state, resumed from `ckpt_dir`'s latest
+    checkpoint when there is one (refused if it holds another model's weights or config)."""
+    check(cfg)
+    ds = build_dataset(cfg)
+    sde = build_sde(cfg)
+    cond = build_conditioning(cfg, ds)
+    model = build_model(cfg, ds, sde, cond, key=jax.random.key(cfg.train.seed))
+    optimizer = build_optimizer(cfg)
+    state = train.init_state(model, optimizer)
+    found = [] if ckpt_dir is None else ckpt.list_checkpoints(ckpt_dir)
+    last = found[-1] if found else None
+    if last is not None:
+        try:
+            state, manifest = ckpt.load(last, state)
+        except CheckpointError as e:
+            damaged = "corrupt" in str(e) or "unreadable" in str(e)  # not another model's file
+            if damaged and len(found) > 1:
+                raise CheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
+                                      f"{found[-2].name}.") from None
+            raise
+        _same_model(cfg, manifest, last)
+    elif need_checkpoint:
+        raise CheckpointError(f"no checkpoint in {ckpt_dir}: run with --mode train (or all) first.")
+    t = cfg.train
+    if t.batch_size > ds.train.shape[0]:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {ds.train.shape[0]} "
+                          f"training examples of {ds.name}: expected at most {ds.train.shape[0]}.")
+    return Experiment(cfg, ds, sde, cond, build_preprocess(cfg, ds), optimizer, state, last)
+
+
+def _same_model(cfg: Config, manifest: dict, path) -> None:
+    stored = manifest.get("metadata", {}).get("config")
+    if stored is None:
+        return
+    try:
+        old = C.to_dict(C.from_dict(stored))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path} holds a config this version cannot read.") from None
+    new = C.to_dict(cfg)
+    for section in IDENTITY:
+        for key, value in new[section].items():
+            if old[section].get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {path} was trained with {section}.{key}={old[section].get(key)!r}, "
+                    f"not {value!r}: use another --workdir, or set it back to resume.")
+
+
+def load_run(workdir) -> Experiment:
+    """A finished `main.py` run from its work directory: config.json and the latest checkpoint.
+
+    `exp.state.ema` is the model to evaluate; `exp.cfg`, `exp.ds`, `exp.preprocess` are the run's.
+    """
+    workdir = Path(workdir)
+    try:
+        cfg = C.from_dict(json.loads((workdir / "config.json").read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"no config.json in {workdir}: not a work directory of main.py.") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{workdir / 'config.json'} is not a readable config ({e}).") from None
+    return experiment(cfg, ckpt_dir=workdir / "checkpoints", need_checkpoint=True)

@@ -1,0 +1,455 @@
+"""The sampler registry and `sample`, for any score function `score(t, x)` of ONE sample.
+
+`sample(score, sde, shape, *, key, num, method, steps, **options)` returns `(samples, info)`,
+`samples` of shape `(num, *shape)` and `info["nfe"]` the number of score evaluations per sample
+(every call counts, including a final denoising step).
+
+Every method is one `Sampler` entry of `SAMPLERS`, and every implementation takes one signature,
+
+    fn(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path, **options)
+        -> (x0, info)
+
+with `bscore(t, x)` the score on a batch x (num, ...) at one time t, `x1` the prior draw at t1,
+`progress(done, total)` a hook traced code may call, and `options` the method's own keywords (their
+names and defaults are read off `fn`'s signature). The entry declares the rest:
+
+    method  default_steps  nfe(steps)                denoises    order
+    em      1000           steps + denoise           yes         1 (weak)
+    ode     adaptive       measured (Tsit5/Dopri5);  no          1 with solver="euler"
+                           fixed: steps * k + denoise              (2 for "heun"/"midpoint")
+    pc      1000           steps (1 + corrector_steps) + denoise   yes    1 (weak; see below)
+    ddpm    1000           steps                     always      1 (weak)
+    ddim    50             steps                     always      1
+    heun    18             2 steps - 1               always      2
+    dpm2m   20             steps                     always      2
+
+"always": the method's last step lands on Tweedie's x_0 = E[x_0 | x_t_end] by construction, so
+`denoise=True` is a no-op for it and `denoise=False` a ConfigError. `order` is the convergence order
+in the step size on a smooth problem (weak order for the stochastic methods), checked for every
+entry by tests/test_samplers.py. pc's corrector takes Langevin steps whose size is set by `snr`,
+not by the time step, so it adds a bias O(snr^2) in the variance that does not shrink with the step:
+order 1 holds while the discretisation error dominates it.
+
+Methods:
+- "em":   reverse-time SDE dx = [f - g^2 score] dt + g dw_bar, Euler-Maruyama through diffrax
+          (Song et al. 2021, eq. 6), then a Tweedie denoising step E[x_0 | x_t].
+- "ode":  probability-flow ODE dx/dt = f - g^2 score / 2 through diffrax: adaptive Tsit5 with a
+          PID controller by default, or a fixed-step Euler/Heun/midpoint solver with `steps`.
+- "pc":   predictor-corrector: Langevin corrector steps at a signal-to-noise ratio `snr`, then an
+          Euler-Maruyama predictor step (Song et al. 2021, Algorithms 2-3).
+- "ddpm": ancestral sampling on the discrete chain of the SDE's own marginals (Ho et al. 2020).
+- "ddim": deterministic (eta = 0) or stochastic DDIM (Song, Meng & Ermon 2021).
+- "heun", "dpm2m": few-step probability-flow ODE solvers in sigma = std/scale (EDM's Heun with
+          optional churn; DPM-Solver++(2M)), ending on x_0 (see `sgm.fast`).
+
+"ddpm" and "ddim" use the Gaussian kernel x_t = a(t) x_0 + s(t) eps of the SDE on a time grid
+1 = t_N > ... > t_1 = t_end > t_0 = 0: with alpha = a_i / a_{i-1} and v = s_i^2 - alpha^2 s_{i-1}^2,
+the posterior q(x_{i-1} | x_i, x_0) is Gaussian with mean (alpha s_{i-1}^2 x_i + a_{i-1} v x_0)
+/ s_i^2 and variance v s_{i-1}^2 / s_i^2. For VP this is exactly DDPM's chain (a^2 = alpha_bar);
+for VE it is Song et al.'s ancestral sampler for SMLD; for SubVP the same formula holds.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from .errors import ConfigError
+from .fast import dpm_solver_2m, edm_heun
+from .parallel import constrain
+from .score import tweedie_x0
+from .sde import AbstractSDE
+
+ODE_SOLVERS = {
+    # name: (constructor, adaptive, new vector-field evaluations per step)
+    "tsit5": (diffrax.Tsit5, True, 6),
+    "dopri5": (diffrax.Dopri5, True, 6),
+    "euler": (diffrax.Euler, False, 1),
+    "heun": (diffrax.Heun, False, 2),
+    "midpoint": (diffrax.Midpoint, False, 2),
+}
+ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
+COMMON = ("steps", "t_end", "denoise", "clip", "progress", "return_path")
+
+
+class BatchedScore(eqx.Module):
+    """`score(t, x)` of ONE sample applied to a batch x (N, ...) at one time t.
+
+    `cond` is a dict of per-sample arrays (leading axis N) passed as `score(t, x_i, **cond_i)`, or
+    None. The adaptive ODE solves each sample on its own and reads `score`/`cond` directly.
+    """
+
+    score: Callable
+    cond: dict | None
+
+    def __call__(self, t, x):
+        if not self.cond:
+            return jax.vmap(self.score, in_axes=(None, 0))(t, x)
+        return jax.vmap(lambda xi, ci: self.score(t, xi, **ci))(x, self.cond)
+
+
+def progress_hook(progress: Callable[[float, int], None] | None):
+    """The user's `progress(done, total)` as a hook that traced code calls: a host callback, or
+    nothing at all when `progress` is None. Used by every sampler (here and in `sgm.fast`)."""
+    if progress is None:
+        return lambda done, total: None
+
+    def hook(done, total):
+        jax.debug.callback(lambda d: progress(float(d), total), done, ordered=False)
+
+    return hook
+
+
+def _finish(bscore, sde, t, x, denoise, clip):
+    """Optional Tweedie step E[x_0 | x_t] at time t (one more score evaluation), then clipping."""
+    if denoise:
+        x = tweedie_x0(bscore, sde, t, x)
+    return x if clip is None else jnp.clip(x, *clip)
+
+
+def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path):
+    """Euler-Maruyama on the reverse-time SDE from t1 to t_end (`steps` uniform steps)."""
+    span = sde.t1 - t_end
+
+    # Reverse time tau = t1 - t so that diffrax integrates forwards: dx = -(f - g^2 s) dtau + g dW.
+    def drift(tau, x, args):
+        progress(tau / span * steps, steps)
+        return -sde.reverse_drift(bscore, sde.t1 - tau, x)
+
+    def diffusion(tau, x, args):
+        return lx.DiagonalLinearOperator(jnp.full_like(x, sde.diffusion(sde.t1 - tau)))
+
+    bm = diffrax.UnsafeBrownianPath(shape=x1.shape, key=key)
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+    sol = diffrax.diffeqsolve(
+        terms, diffrax.Euler(), 0.0, span, None, x1,
+        stepsize_controller=diffrax.StepTo(ts=jnp.linspace(0.0, span, steps + 1)),
+        saveat=diffrax.SaveAt(t1=not return_path, steps=return_path),
+        adjoint=diffrax.ForwardMode(), max_steps=steps,
+    )
+    x = _finish(bscore, sde, t_end, sol.ys[-1], denoise, clip)
+    info = {}
+    if return_path:
+        info["path"] = jnp.concatenate([x1[None], sol.ys])
+        info["path_t"] = sde.t1 - jnp.concatenate([jnp.zeros(1), sol.ts])
+    return x, info
+
+
+def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+         solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384):
+    """The probability-flow ODE from t1 to t_end: adaptive (PID) or `steps` fixed steps."""
+    make, adaptive, per_step = _ode_solver(solver)
+    t1 = sde.t1
+    info = {}
+
+    if adaptive:
+        saveat = diffrax.SaveAt(ts=jnp.linspace(t1, t_end, 65)) if return_path else diffrax.SaveAt(t1=True)
+
+        def solve_one(x, c):
+            score = partial(bscore.score, **c)
+            term = diffrax.ODETerm(lambda t, y, args: sde.ode_drift(score, t, y))
+            sol = diffrax.diffeqsolve(
+                term, make(), t1, t_end, None, x, saveat=saveat,
+                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                max_steps=max_steps,
+            )
+            return sol.ys, sol.stats["num_steps"]
+
+        ys, n_steps = jax.vmap(solve_one)(x1, bscore.cond or {})
+        ys = jnp.moveaxis(ys, 0, 1)
+        path_t = jnp.linspace(t1, t_end, 65)
+        # Tsit5/Dopri5: one evaluation to start (first-same-as-last) and 6 new ones per attempted
+        # step, accepted or rejected; tests count the calls. The batch runs to its slowest sample.
+        info["nfe"] = jnp.max(n_steps) * per_step + 1 + int(denoise)
+    else:
+        steps = ODE_FIXED_STEPS if steps is None else steps
+        path_t = jnp.linspace(t1, t_end, steps + 1)
+
+        def bfield(t, x, args):
+            progress((t1 - t) / (t1 - t_end) * steps, steps)
+            return sde.ode_drift(bscore, t, x)
+
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(bfield), make(), t1, t_end, None, x1,
+            stepsize_controller=diffrax.StepTo(ts=path_t), max_steps=steps,
+            saveat=diffrax.SaveAt(t1=not return_path, steps=return_path),
+        )
+        ys = jnp.concatenate([x1[None], sol.ys]) if return_path else sol.ys
+    x = _finish(bscore, sde, t_end, ys[-1], denoise, clip)
+    if return_path:
+        info["path"], info["path_t"] = ys, path_t
+    return x, info
+
+
+def _ode_solver(solver):
+    if solver not in ODE_SOLVERS:
+        raise ConfigError(f"unknown ODE solver {solver!r}; expected one of {', '.join(ODE_SOLVERS)}")
+    return ODE_SOLVERS[solver]
+
+
+def _ode_nfe(steps, denoise, solver="tsit5", **_):
+    """Score calls of the fixed-step ODE: k per step (euler 1, heun/midpoint 2), + 1 for `denoise`;
+    None for the adaptive solvers, whose count `_ode` measures."""
+    _, adaptive, per_step = _ode_solver(solver)
+    if adaptive:
+        return None
+    return (ODE_FIXED_STEPS if steps is None else steps) * per_step + int(denoise)
+
+
+def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+        snr=0.16, corrector_steps=1):
+    """Reverse-diffusion predictor with `corrector_steps` Langevin corrector steps per step."""
+    if not snr > 0 or not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ConfigError(f"pc needs snr > 0 and a non-negative integer corrector_steps, got "
+                          f"snr={snr}, corrector_steps={corrector_steps!r}")
+    ts = jnp.linspace(sde.t1, t_end, steps + 1)
+    n = x1.shape[0]
+
+    def mean_norm(v):
+        # Batch-averaged norm, as in Song et al.'s reference: per-sample norms make the step size
+        # explode in low dimension whenever a sample sits near a mode (score ~ 0).
+        return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(v).reshape(n, -1), axis=1)))
+
+    def body(x, inp):
+        i, t, t_next, k = inp
+        k_c, k_p = jax.random.split(k)
+        # Langevin corrector at time t; alpha = (a(t) / a(t_next))^2 is 1 - beta_i of the discrete
+        # chain for VP/SubVP and 1 for VE (Song et al. 2021, Algorithm 5).
+        alpha = (sde.scale(t) / sde.scale(t_next)) ** 2
+        for k_j in jax.random.split(k_c, corrector_steps):
+            g = bscore(t, x)
+            z = jax.random.normal(k_j, x.shape)
+            eps = 2 * alpha * (snr * mean_norm(z) / jnp.maximum(mean_norm(g), 1e-20)) ** 2
+            x = x + eps * g + jnp.sqrt(2 * eps) * z
+        # Euler-Maruyama predictor from t to t_next (dt < 0).
+        dt = t_next - t
+        x = x + sde.reverse_drift(bscore, t, x) * dt + sde.diffusion(t) * jnp.sqrt(-dt) * \
+            jax.random.normal(k_p, x.shape)
+        progress(i + 1, steps)
+        return x, (x if return_path else None)
+
+    keys = jax.random.split(key, steps)
+    x, path = jax.lax.scan(body, x1, (jnp.arange(steps), ts[:-1], ts[1:], keys))
+    x = _finish(bscore, sde, t_end, x, denoise, clip)
+    info = {}
+    if return_path:
+        info["path"], info["path_t"] = jnp.concatenate([x1[None], path]), ts
+    return x, info
+
+
+def _discrete(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_path, update):
+    """The chain t1 = t_N > ... > t_1 = t_end > t_0 = 0 shared by ddpm and ddim.
+
+    Each step predicts x_0 by Tweedie's formula (clipped to `clip`) and hands it to
+    `update(x, x0, a, s, a_prev, s_prev, t_prev, z)`, z ~ N(0, I); the step to t_0 = 0 (a = 1,
+    s = 0) lands on the x_0 prediction at t_end.
+    """
+    ts = jnp.concatenate([jnp.linspace(sde.t1, t_end, steps), jnp.zeros(1)])
+
+    def body(x, inp):
+        i, t, t_prev, k = inp
+        a, s = sde.scale(t), sde.std(t)
+        a_p = jnp.where(t_prev > 0, sde.scale(t_prev), 1.0)
+        s_p = jnp.where(t_prev > 0, sde.std(t_prev), 0.0)
+        x0 = tweedie_x0(bscore, sde, t, x)
+        if clip is not None:
+            x0 = jnp.clip(x0, *clip)
+        x = update(x, x0, a, s, a_p, s_p, t_prev, jax.random.normal(k, x.shape))
+        progress(i + 1, steps)
+        return x, (x if return_path else None)
+
+    keys = jax.random.split(key, steps)
+    x, path = jax.lax.scan(body, x1, (jnp.arange(steps), ts[:-1], ts[1:], keys))
+    info = {}
+    if return_path:
+        info["path"], info["path_t"] = jnp.concatenate([x1[None], path]), ts
+    return x, info
+
+
+def _ddpm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+          variance="posterior"):
+    """Ancestral sampling: x_{i-1} ~ q(x_{i-1} | x_i, x_0-hat) with the posterior variance
+    v s_{i-1}^2 / s_i^2 ("posterior", Ho et al.'s sigma^2 = beta-tilde) or v ("forward", beta)."""
+    if variance not in ("posterior", "forward"):
+        raise ConfigError(f"unknown ancestral variance {variance!r}; expected 'posterior' or 'forward'")
+
+    def update(x, x0, a, s, a_p, s_p, t_prev, z):
+        alpha = a / a_p
+        v = s**2 - alpha**2 * s_p**2
+        mean = (alpha * s_p**2 * x + a_p * v * x0) / s**2
+        var = v * s_p**2 / s**2 if variance == "posterior" else jnp.where(t_prev > 0, v, 0.0)
+        return mean + jnp.sqrt(var) * z
+
+    return _discrete(bscore, sde, x1, key, steps=steps, t_end=t_end, clip=clip, progress=progress,
+                     return_path=return_path, update=update)
+
+
+def _ddim(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path, eta=0.0):
+    """DDIM: x_{i-1} = a_{i-1} x_0-hat + sqrt(s_{i-1}^2 - c^2) eps-hat + c z with
+    c^2 = eta^2 v s_{i-1}^2 / s_i^2 (eta = 0 deterministic, eta = 1 the ddpm posterior noise)."""
+    if not eta >= 0:
+        raise ConfigError(f"ddim needs eta >= 0, got {eta}")
+
+    def update(x, x0, a, s, a_p, s_p, t_prev, z):
+        eps = (x - a * x0) / s
+        alpha = a / a_p
+        v = s**2 - alpha**2 * s_p**2
+        c2 = eta**2 * (v * s_p**2 / s**2)
+        return a_p * x0 + jnp.sqrt(jnp.maximum(s_p**2 - c2, 0.0)) * eps + jnp.sqrt(c2) * z
+
+    return _discrete(bscore, sde, x1, key, steps=steps, t_end=t_end, clip=clip, progress=progress,
+                     return_path=return_path, update=update)
+
+
+class Sampler(eqx.Module):
+    """One entry of the sampler registry: an implementation and what it declares about itself.
+
+    Arguments:
+        fn: `fn(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+            **options) -> (x0, info)`; its own keyword-only arguments are its options.
+        default_steps: steps when `sample` is given none (None: adaptive, the ODE).
+        count: `count(steps, denoise, **options) -> int | None`, the score evaluations per sample
+            (None where the method measures them itself: the adaptive ODE); see `nfe`.
+        denoises: whether it ends with a Tweedie denoising step by default.
+        ends_on_x0: its last step is Tweedie's x_0 by construction (`denoise` cannot be turned off).
+        order: convergence order in the step size on a smooth problem (weak order if stochastic).
+
+    `options` (names) and `defaults` (name -> default) are read off `fn`'s signature.
+    """
+
+    fn: Callable = eqx.field(static=True)
+    default_steps: int | None = eqx.field(static=True)
+    count: Callable[..., int | None] = eqx.field(static=True)
+    denoises: bool = eqx.field(static=True)
+    ends_on_x0: bool = eqx.field(static=True)
+    order: int = eqx.field(static=True)
+    options: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(self, fn, *, default_steps, count, denoises, order, ends_on_x0=False):
+        params = inspect.signature(fn).parameters
+        missing = [n for n in COMMON if n not in params]
+        if missing:
+            raise TypeError(f"sampler {fn.__name__} lacks the common arguments {missing}")
+        self.fn, self.default_steps, self.count = fn, default_steps, count
+        self.denoises, self.ends_on_x0, self.order = denoises, ends_on_x0, order
+        self.options = tuple(n for n, p in params.items()
+                             if p.kind is p.KEYWORD_ONLY and n not in COMMON)
+
+    @property
+    def defaults(self) -> dict:
+        """Each option's default value."""
+        params = inspect.signature(self.fn).parameters
+        return {n: params[n].default for n in self.options}
+
+    def nfe(self, steps: int | None = None, *, denoise: bool | None = None, **options) -> int | None:
+        """Score evaluations per sample for these settings (defaults filled in, as `sample` does)."""
+        steps = self.default_steps if steps is None else steps
+        denoise = self.denoises if denoise is None else denoise
+        return self.count(steps, bool(denoise), **dict(self.defaults, **options))
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "em": Sampler(_em, default_steps=1000, count=lambda steps, denoise, **_: steps + denoise,
+                  denoises=True, order=1),
+    "ode": Sampler(_ode, default_steps=None, count=_ode_nfe, denoises=False, order=1),
+    "pc": Sampler(_pc, default_steps=1000, denoises=True, order=1,
+                  count=lambda steps, denoise, corrector_steps, **_:
+                  steps * (1 + corrector_steps) + denoise),
+    "ddpm": Sampler(_ddpm, default_steps=1000, count=lambda steps, denoise, **_: steps,
+                    denoises=True, ends_on_x0=True, order=1),
+    "ddim": Sampler(_ddim, default_steps=50, count=lambda steps, denoise, **_: steps,
+                    denoises=True, ends_on_x0=True, order=1),
+    "heun": Sampler(edm_heun, default_steps=18, count=lambda steps, denoise, **_: 2 * steps - 1,
+                    denoises=True, ends_on_x0=True, order=2),
+    "dpm2m": Sampler(dpm_solver_2m, default_steps=20, count=lambda steps, denoise, **_: steps,
+                     denoises=True, ends_on_x0=True, order=2),
+}
+METHODS = tuple(SAMPLERS)
+
+
+def _describe(entry: Sampler) -> str:
+    return ", ".join(f"{n}={v!r}" for n, v in entry.defaults.items()) or "none"
+
+
+@eqx.filter_jit
+def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding, options):
+    entry = SAMPLERS[method]
+    k_prior, k_run = jax.random.split(key)
+    x1 = sde.prior_sample(k_prior, (num, *shape))
+    x1, cond = constrain((x1, cond), sharding)  # split the batch; jit partitions everything after
+    x, info = entry.fn(BatchedScore(score, cond), sde, x1, k_run, **settings,
+                       progress=progress_hook(progress), **options)
+    nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], **options)
+    return x, {"nfe": nfe, **info}  # a measured count (adaptive ODE) replaces the declared None
+
+
+def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, num: int,
+           method: str = "em", steps: int | None = None, t_end: float | None = None,
+           denoise: bool | None = None, clip: tuple[float, float] | None = None,
+           progress: Callable[[float, int], None] | None = None, return_path: bool = False,
+           cond: dict | None = None, sharding=None, **options):
+    """Draws `num` samples of shape `shape` by integrating from the prior at t1 down to `t_end`.
+
+    x_1 ~ N(0, prior_std^2 I), then the method's reverse-time solve (see the module docstring and
+    `SAMPLERS` for the methods, their defaults, NFE and order).
+
+    Arguments:
+        score: `score(t, x)` of ONE sample (network wrapper, guided score or closed form).
+        sde: the forward SDE.
+        shape: shape of one sample.
+        key: PRNG key (prior draw and the sampler's noise).
+        num: number of samples.
+        method: a key of `SAMPLERS`: "em", "ode", "pc", "ddpm", "ddim", "heun" or "dpm2m".
+        steps: number of steps (default `SAMPLERS[method].default_steps`: em/pc/ddpm 1000, ddim 50,
+            heun 18, dpm2m 20; "ode" is adaptive unless a fixed-step `solver` is chosen, 100 steps
+            then).
+        t_end: final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE).
+        denoise: end with a Tweedie step E[x_0 | x_t_end] (default `SAMPLERS[method].denoises`: on
+            for em/pc, off for ode). ddpm, ddim, heun and dpm2m always end on x_0: True is a no-op
+            for them and False a ConfigError.
+        clip: (lo, hi) data range to clip predicted x_0 (ddpm/ddim/heun/dpm2m) and the final samples.
+        progress: hook `progress(steps_done, total)` called from fixed-step methods.
+        return_path: also return `info["path"]` (steps, num, *shape) and `info["path_t"]`.
+        cond: optional dict of per-sample conditioning arrays (leading axis `num`), passed to the
+            score as `score(t, x, **cond_i)`; constant conditioning is better closed over.
+        sharding: optional `jax.sharding.Sharding` of the batch axis (e.g.
+            `sgm.parallel.batch_sharding(mesh)`): samples are then drawn on all devices at once.
+        options: the method's own options (`SAMPLERS[method].defaults`) — ode: solver ("tsit5",
+            "dopri5", "euler", "heun", "midpoint"), rtol, atol, max_steps; pc: snr,
+            corrector_steps; ddim: eta; ddpm: variance ("posterior" or "forward"); heun: grid
+            ("karras", "logsnr", "time"), rho, s_churn, s_tmin, s_tmax, s_noise; dpm2m: grid, rho.
+
+    Returns:
+        `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.
+    """
+    entry = SAMPLERS.get(method)
+    if entry is None:
+        raise ConfigError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
+    unknown = [name for name in options if name not in entry.options]
+    if unknown:
+        raise ConfigError(f"sampling method {method!r} does not take {', '.join(map(repr, unknown))}; "
+                          f"its options are: {_describe(entry)}.")
+    steps = entry.default_steps if steps is None else steps
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"sampling steps must be a positive integer, got {steps!r}")
+    if num < 1:
+        raise ConfigError(f"number of samples must be positive, got {num}")
+    t_end = sde.sampling_t0 if t_end is None else t_end
+    if not 0 < t_end < sde.t1:
+        raise ConfigError(f"sampling end time t_end must lie in (0, {sde.t1}), got {t_end}")
+    if denoise is None:
+        denoise = entry.denoises
+    elif entry.ends_on_x0 and not denoise:
+        raise ConfigError(f"sampling method {method!r} always ends on Tweedie's x_0 at t_end, so "
+                          f"denoise=False does not apply to it.")
+    settings = dict(steps=steps, t_end=t_end, denoise=bool(denoise),
+                    clip=None if clip is None else tuple(clip), return_path=return_path)
+    return _run(score, sde, tuple(shape), key, num, method, settings, progress, cond, sharding,
+                options)
