@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,11 +50,26 @@ def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
 
 
 def run(args) -> int:
+    """The command; SIGINT/SIGTERM outside training stop it between steps, with nothing half-written
+    (training has its own handler, which checkpoints first)."""
+    from sgm.train import stop_on_signals
+
+    with stop_on_signals() as flag:
+        return _run(args, flag)
+
+
+def _run(args, flag) -> int:
     from sgm import build, parallel
     from sgm import checkpoint as ckpt
     from sgm import config as C
     from sgm.checkpoint import atomic_open, write_atomic
     from sgm.errors import CheckpointError
+    from sgm.train import Interrupted
+
+    def stop_if_signalled(when):
+        if flag["stop"] is not None:
+            raise Interrupted(f"stopped by signal {flag['stop']} {when}; every file written so far "
+                              f"is complete.")
 
     cfg = build.check(C.override(C.load_file(args.config), args.set))
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -90,9 +106,10 @@ def run(args) -> int:
     from sgm import plot
 
     def log(rec):
-        if main_proc:
+        if main_proc:  # strict JSON: a non-finite value is logged as null
+            rec = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
             with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
 
     if args.mode in ("train", "all"):
         start = int(state.step)
@@ -107,6 +124,7 @@ def run(args) -> int:
             log(rec)
             return rec
 
+        stop_if_signalled("before training")
         t0 = time.perf_counter()
         state = exp.train(state, mesh=mesh, ckpt_dir=ckpt_dir, on_log=log,
                           on_eval=on_eval, progress=main_proc and not args.no_progress,
@@ -123,6 +141,7 @@ def run(args) -> int:
     if args.mode in ("sample", "all"):
         t0 = time.perf_counter()
         x, info, cond = exp.samples(state.ema, mesh=mesh)
+        stop_if_signalled("while sampling")
         summary["sample_seconds"] = time.perf_counter() - t0
         summary["sample_nfe"] = int(info["nfe"])
         if main_proc:
@@ -136,6 +155,7 @@ def run(args) -> int:
     if args.mode in ("likelihood", "all"):
         t0 = time.perf_counter()
         lik = exp.heldout_likelihood(state.ema, mesh=mesh)
+        stop_if_signalled("while computing the likelihood")
         lik["seconds"] = time.perf_counter() - t0
         summary["likelihood"] = lik
         ent = "" if ds.entropy is None else f" (true entropy {ds.entropy:.4f}"

@@ -118,7 +118,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, prepro
 
 
 @contextmanager
-def _stop_on_signals():
+def stop_on_signals():
     """SIGINT/SIGTERM set a flag the loop checks between steps (it then checkpoints and exits)."""
     flag = {"stop": None}
     handlers = {}
@@ -196,7 +196,7 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
             ckpt.save(ckpt_dir, step, s, metadata, keep=keep_checkpoints)
             saved["step"] = step
 
-    with _stop_on_signals() as flag:
+    with stop_on_signals() as flag:
         for k in range(start, steps):
             batch = next(batches)
             x, c = parallel.put_batch(batch if isinstance(batch, tuple) else (batch, None), mesh)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 import os
 import pickle
 import random
@@ -318,3 +319,35 @@ def test_disk_full_while_writing_outputs_is_one_sentence(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert err.startswith("error: No space left on device") and err.count("\n") == 1
     assert ckpt.latest(wd / "checkpoints").name == "ckpt_000000002.npz"  # the checkpoint is whole
+
+
+def _strict_json(line):
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_skipped_steps_keep_metrics_valid_json(tmp_path, nan_batch):
+    wd = tmp_path / "wd"
+    assert main.main(["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
+                      "train.steps=8", "train.log_every=1", "train.on_nan=skip"]) == 0
+    rows = [_strict_json(r) for r in (wd / "metrics.jsonl").read_text().splitlines()]
+    step6 = next(r for r in rows if r.get("step") == 6 and "loss" in r)
+    assert step6["loss"] is None and step6["skipped"] == 1
+
+
+def test_ctrl_c_while_sampling_writes_no_samples(tmp_path):
+    wd = tmp_path / "wd"
+    base = [sys.executable, str(ROOT / "main.py"), "--workdir", str(wd), "--no-progress"]
+    small = ["--set", *SMALL, "train.steps=2"]
+    subprocess.run(base + ["--mode", "train"] + small, check=True, capture_output=True)
+    proc = subprocess.Popen(base + ["--mode", "sample"] + small + ["sample.steps=60000", "sample.num=256"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # past start-up (a signal during `import jax` is not ours to handle)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "stopped by signal 2" in err and "Traceback" not in err
+    assert not (wd / "samples.npz").exists()
+    assert not [p for p in wd.iterdir() if p.name.startswith(".tmp_")]
