@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import data, evaluate, parallel, samplers, train
 from .config import Config
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, CorruptCheckpointError
 from .likelihood import DEQUANT_BOUNDS
 from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .nets import DiT, MLP, Conditioning, UNet
@@ -176,7 +176,7 @@ def sample_options(cfg: Config) -> dict:
     """Keywords of `sgm.sample`: method, steps, t_end and the options the method takes."""
     s = cfg.sample
     spec = samplers.SAMPLERS[s.method]
-    opts = {k: getattr(s, k) for k in ("snr", "eta") if k in spec.options}
+    opts = {k: getattr(s, k) for k in spec.options if hasattr(s, k)}  # e.g. pc's snr, ddim's eta
     steps = None if spec.default_steps is None else s.steps
     return dict(method=s.method, steps=steps, t_end=s.t_end, **opts)
 
@@ -190,8 +190,11 @@ def likelihood_options(cfg: Config) -> dict:
 
 # ------------------------------------------------------------------------------------ experiment
 
-#: the config sections that define the model a checkpoint holds (a resume must not change them)
+#: the config sections that define the model a checkpoint holds (a resume must not change them),
+#: less the fields that only say where the data lives, how much of it is evaluated, or how the
+#: network is regularised in training
 IDENTITY = ("data", "sde", "model")
+NOT_IDENTITY = ("data.root", "data.n_test", "model.dropout", "model.label_dropout")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -279,6 +282,9 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False) -> 
     checkpoint when there is one (refused if it holds another model's weights or config)."""
     check(cfg)
     ds = build_dataset(cfg)
+    t = cfg.train
+    data.loader.check_batches(ds.train.shape[0], t.batch_size, jax.process_index(),
+                              jax.process_count(), what="train.batch_size")
     sde = build_sde(cfg)
     cond = build_conditioning(cfg, ds)
     model = build_model(cfg, ds, sde, cond, key=jax.random.key(cfg.train.seed))
@@ -289,19 +295,14 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False) -> 
     if last is not None:
         try:
             state, manifest = ckpt.load(last, state)
-        except CheckpointError as e:
-            damaged = "corrupt" in str(e) or "unreadable" in str(e)  # not another model's file
-            if damaged and len(found) > 1:
-                raise CheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
-                                      f"{found[-2].name}.") from None
-            raise
+        except CorruptCheckpointError as e:
+            if len(found) == 1:
+                raise
+            raise CorruptCheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
+                                         f"{found[-2].name}.") from None
         _same_model(cfg, manifest, last)
     elif need_checkpoint:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}: run with --mode train (or all) first.")
-    t = cfg.train
-    if t.batch_size > ds.train.shape[0]:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {ds.train.shape[0]} "
-                          f"training examples of {ds.name}: expected at most {ds.train.shape[0]}.")
     return Experiment(cfg, ds, sde, cond, build_preprocess(cfg, ds), optimizer, state, last)
 
 
@@ -316,7 +317,7 @@ def _same_model(cfg: Config, manifest: dict, path) -> None:
     new = C.to_dict(cfg)
     for section in IDENTITY:
         for key, value in new[section].items():
-            if old[section].get(key) != value:
+            if f"{section}.{key}" not in NOT_IDENTITY and old[section].get(key) != value:
                 raise CheckpointError(
                     f"checkpoint {path} was trained with {section}.{key}={old[section].get(key)!r}, "
                     f"not {value!r}: use another --workdir, or set it back to resume.")

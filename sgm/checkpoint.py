@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CorruptCheckpointError
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
 _MANIFEST = "__manifest__"
@@ -152,7 +152,8 @@ def read_manifest(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found.") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or not an sgm checkpoint ({e}).") from None
+        raise CorruptCheckpointError(f"checkpoint {path} is unreadable or not an sgm checkpoint "
+                                     f"({e}).") from None
 
 
 def load(path: str | Path, template):
@@ -180,14 +181,14 @@ def load(path: str | Path, template):
                         or value.dtype != a.dtype):
                     what = (f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray)
                             else type(value).__name__)
-                    raise CheckpointError(
+                    raise CorruptCheckpointError(
                         f"checkpoint {path} is corrupt: array {p} holds {what}, but its manifest "
                         f"and the configured model say {a.shape} {a.dtype}.")
                 values.append(value)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({e}).") from None
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt ({e}).") from None
     arrays, static = eqx.partition(template, eqx.is_array)
     flat, treedef = jax.tree_util.tree_flatten(arrays)
     restored = []

@@ -20,5 +20,10 @@ class CheckpointError(SGMError, ValueError):
     """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is damaged (truncated, unreadable, an array unlike its manifest), as
+    opposed to a whole checkpoint written for another model."""
+
+
 class NumericalError(SGMError, FloatingPointError):
     """Training produced a NaN or inf."""

@@ -85,7 +85,8 @@ def count_score_calls(sde, method, score=None, **kw):
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops JAX's compiled programs after each test module: a whole run otherwise keeps every
-    program of every module alive (over 10 GB), and the suite ran at half speed for it."""
+    program of every module alive (the full suite's process grew past 10 GB). Over test_sample and
+    test_likelihood alone the peak resident memory falls from 1.42 to 1.06 GB; the time is the same."""
     yield
     jax.clear_caches()
     gc.collect()

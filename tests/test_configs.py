@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -71,7 +73,12 @@ def _overrides(name, tmp_path):
 def test_config_builds_at_full_size(name, tmp_path):
     cfg = C.override(C.load_file(ROOT / "configs" / f"{name}.py"), _overrides(name, tmp_path))
     exp = build.experiment(cfg)
-    assert exp.ds.train.shape[1:] == exp.ds.shape and int(exp.state.step) == 0
+    # the network takes one sample (with its condition) and returns a score of the same shape:
+    # traced, not compiled, so the large networks cost seconds
+    raw = None if exp.ds.train_cond is None else exp.ds.train_cond[0]
+    out = jax.eval_shape(lambda x, c: exp.state.model(jnp.float32(0.5), x, **exp.cond(c)),
+                         jnp.zeros(exp.ds.shape, jnp.float32), raw)
+    assert out.shape == exp.ds.shape and out.dtype == jnp.float32
 
 
 @pytest.mark.slow

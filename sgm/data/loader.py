@@ -46,16 +46,20 @@ def _take(arrays: Arrays, index: np.ndarray):
     return tuple(None if a is None else a[index] for a in arrays)
 
 
-def _check(n: int, batch_size: int, process_index: int, process_count: int) -> int:
+def check_batches(n: int, batch_size: int, process_index: int, process_count: int, *,
+                  what: str = "batch_size") -> int:
+    """Raises ConfigError unless `n` examples give batches of `batch_size` split over the
+    processes; returns the number of whole batches per epoch."""
     if batch_size < 1 or batch_size > n:
-        raise ConfigError(f"batch_size must be in 1..{n} (the example count), got {batch_size}.")
+        raise ConfigError(f"{what}={batch_size} is invalid: expected 1..{n} (the number of "
+                          f"training examples).")
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ConfigError(
             f"process_index must be in 0..process_count-1, got {process_index} of {process_count}."
         )
     if batch_size % process_count:
         raise ConfigError(
-            f"batch_size {batch_size} must be divisible by the number of processes {process_count}."
+            f"{what}={batch_size} must be divisible by the number of processes {process_count}."
         )
     return n // batch_size
 
@@ -88,7 +92,7 @@ def batch_at(
         Same structure as `arrays`, each entry holding `batch_size / process_count` rows.
     """
     n = _length(arrays)
-    per_epoch = _check(n, batch_size, process_index, process_count)
+    per_epoch = check_batches(n, batch_size, process_index, process_count)
     epoch, i = divmod(step, per_epoch)
     perm = epoch_permutation(n, seed, epoch)
     return _take(arrays, _rows(perm, i, batch_size, process_index, process_count))
@@ -121,7 +125,7 @@ class Batches:
         self.step = start_step
         self.process_index = process_index
         self.process_count = process_count
-        self.steps_per_epoch = _check(self.n, batch_size, process_index, process_count)
+        self.steps_per_epoch = check_batches(self.n, batch_size, process_index, process_count)
         self._epoch, self._perm = -1, None
 
     def __iter__(self) -> Batches:
