@@ -12,7 +12,9 @@ Four parts, two tables, JSON in bench/results/likelihood.json:
        truth = log p_t0(x) + [prior_logp(z) - log p_t1(z)],   z = info["z"],
 
    where the bracket accounts for the prior at t1 not being exactly the true marginal p_t1.
-   Rows: VP/VE/SubVP x D in {2, 64, 784} x {exact trace, Hutchinson with 1 Rademacher probe}.
+   Rows: VP/VE/SubVP x D in {2, 64, 784} x {exact trace, Hutchinson with 1 Rademacher probe},
+   each with sgm's defaults ("sgm": shared steps for the batch, Dopri5 for VP/SubVP, Tsit5 for VE,
+   rescaled state) and with per-point Tsit5 solves, the previous default ("point").
 2. A randomly initialised MLP score (width 128, depth 3, input concat(x, sin/cos features of t)) on
    D in {2, 64} under the VP SDE: no closed form, so the reference is scipy's DOP853 at rtol = atol
    = 1e-10 in float64 (JAX field evaluated in float64), cross-checked against sgm itself in float64
@@ -210,11 +212,15 @@ def sgm_call(score, sde, x, *, exact, rtol, atol, key=None, **options):
                                       **options)
 
 
-def sgm_row(timing, truth_fn, x, *, exact) -> dict:
+#: the engine before the shared-step default: each point its own Tsit5 solve, no rescaling
+PER_POINT = {"solver": "tsit5", "stepping": "point", "rescale": False}
+
+
+def sgm_row(timing, truth_fn, x, *, exact, impl="sgm") -> dict:
     first, wall, (logp, info) = timing
     b, d = x.shape
     steps = np.asarray(info["num_steps"])
-    return {"impl": "sgm", "div": "exact" if exact else "hutch-1", "D": d, "B": b,
+    return {"impl": impl, "div": "exact" if exact else "hutch-1", "D": d, "B": b,
             "nfe": int(info["nfe"]), "steps_mean": float(steps.mean()),
             "steps_max": int(steps.max()),
             "compile_s": max(first - wall, 0.0), "wall_s": wall, "s_per_1k": wall * 1000 / b,
@@ -249,17 +255,24 @@ def scipy_row(timing, compile_s, field_call_s, truth_fn, x) -> dict:
 
 
 def compare(score, sde, x, truth_fn, args) -> list[dict]:
-    """sgm exact vs scipy RK45 (timed in alternation), then sgm with one Rademacher probe."""
+    """sgm's defaults (exact trace and one Rademacher probe), sgm per-point Tsit5 (the previous
+    default) and scipy RK45, all timed in alternation; x = scipy time / that row's time."""
     tol = dict(rtol=args.rtol, atol=args.atol)
     run_scipy, sp_compile, sp_call = scipy_call(score, sde, x, **tol)
-    t = race({"sgm": sgm_call(score, sde, x, exact=True, **tol), "scipy": run_scipy},
-             budget=args.budget)
-    hutch = race({"h": sgm_call(score, sde, x, exact=False, key=jax.random.key(7), **tol)},
-                 budget=args.budget / 4)
+    hkey = jax.random.key(7)
+    t = race({"sgm": sgm_call(score, sde, x, exact=True, **tol),
+              "point": sgm_call(score, sde, x, exact=True, **tol, **PER_POINT),
+              "hutch": sgm_call(score, sde, x, exact=False, key=hkey, **tol),
+              "hutch-point": sgm_call(score, sde, x, exact=False, key=hkey, **tol, **PER_POINT),
+              "scipy": run_scipy}, budget=args.budget)
     rows = [sgm_row(t["sgm"], truth_fn, x, exact=True),
+            sgm_row(t["point"], truth_fn, x, exact=True, impl="point"),
             scipy_row(t["scipy"], sp_compile, sp_call, truth_fn, x),
-            sgm_row(hutch["h"], truth_fn, x, exact=False)]
-    rows[0]["speedup_vs_scipy"] = rows[1]["wall_s"] / rows[0]["wall_s"]
+            sgm_row(t["hutch"], truth_fn, x, exact=False),
+            sgm_row(t["hutch-point"], truth_fn, x, exact=False, impl="point")]
+    for r in rows:
+        if r["impl"] != "scipy":
+            r["speedup_vs_scipy"] = rows[2]["wall_s"] / r["wall_s"]
     return rows
 
 
@@ -314,7 +327,7 @@ def sweep_rows(dim, batches, args):
         run_scipy, sp_compile, sp_call = scipy_call(net, sde, x, **tol)
         t = race({"sgm": sgm_call(net, sde, x, exact=True, **tol), "scipy": run_scipy},
                  budget=args.budget)
-        (f, w, (_, info)), (_, ws, (_, _, calls)) = t["sgm"], t["scipy"]
+        (f, w, (_, info)), (_, ws, (_, _, calls)) = t["sgm"], t["scipy"]  # noqa: RUF059
         rows.append({"D": dim, "B": b, "sgm_nfe": int(info["nfe"]), "scipy_nfe": calls,
                      "sgm_compile_s": max(f - w, 0.0), "scipy_compile_s": sp_compile,
                      "sgm_s": w, "scipy_s": ws, "scipy_field_call_s": sp_call,

@@ -1,7 +1,8 @@
 """Sample quality of every sampler against exact samples, as a function of score evaluations.
 
-    python bench/samplers.py             # full sweep, NFE ~5 .. 1000 (~8 min on 2 busy cores)
-    python bench/samplers.py --quick     # NFE ~5 and ~20 plus em at 1000 steps (~2 min)
+    python bench/samplers.py             # few-step methods at NFE 5/10/20/50, em-1000, pc-1000
+    python bench/samplers.py --full      # also em, pc, ddpm at NFE ~5 .. 1000 and the adaptive ode
+    python bench/samplers.py --quick     # NFE 5 and 20 only, 4000 samples
     python bench/samplers.py --sde ve    # VE or SubVP instead of VP
 
 Two problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
@@ -9,10 +10,13 @@ Two problems with closed-form scores (`sgm.GaussianMixture`), so the only error 
 - "8gauss":  eight Gaussians on a circle in 2-D (`sgm.data.toy.eight_gaussians_mixture`);
 - "gauss64": a 64-D Gaussian, means evenly spaced in [-1, 1], stds log-spaced in [0.1, 2].
 
-Every sampler runs from the same key (deterministic samplers share one prior draw) at a ladder of
-step counts chosen so that NFE ~ 5, 10, 20, 50, 200, 1000 (em's last rung is exactly 1000
-steps, the reference of the target below); "ode" is adaptive Tsit5 with a Tweedie step at the end,
-swept over rtol = atol, so its NFE is whatever the controller spends. Metrics on n samples:
+Every sampler runs from the same key (deterministic samplers share one prior draw). The few-step
+methods (ddim, heun, dpm2m, dpm3m, unipc) run at the step counts that give NFE ~ 5, 10, 20, 50
+(heun: 2 N - 1); em and pc run their default 1000 steps (em is the reference of the target
+below), and "pc-old" is pc with the former default, one Langevin corrector step at snr 0.16 on
+every SDE.
+With --full, em, pc and ddpm also run the whole ladder NFE ~ 5 .. 1000 and "ode" is adaptive
+Tsit5 with a Tweedie step at the end, swept over rtol = atol. Metrics on n samples:
 
 - sw:   sliced Wasserstein-2 distance to n exact samples, sqrt(mean over L random unit directions of
         the mean squared difference of the sorted projections), same directions for every row;
@@ -21,8 +25,9 @@ swept over rtol = atol, so its NFE is whatever the controller spends. Metrics on
 
 "floor" rows are the same metrics for independent exact sets of n samples (mean over 5 sets): a
 sampler cannot be told apart from exact sampling below them. Target: with at most 20 score
-evaluations, heun and dpm2m are no worse than em with 1000 steps (per metric: "yes" if at or below
-em's value, "noise" if above it by less than the floor, "no" otherwise).
+evaluations, each few-step method is no worse than em with 1000 steps (per metric: "yes" if at or
+below em's value, "noise" if above it by less than the floor, "no" otherwise); and pc at its
+default 1000 steps within 1.5 floors on the std error of the 64-D Gaussian.
 Table on stdout; JSON in bench/results/samplers.json.
 """
 
@@ -45,8 +50,11 @@ from sgm.data.toy import eight_gaussians_mixture
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers.json"
 SDES = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "subvp": sgm.SubVPSDE}
-TARGETS = (5, 10, 20, 50, 200, 1000)
+FEW = ("ddim", "heun", "dpm2m", "dpm3m", "unipc")  # the few-step methods
+TARGETS = (5, 10, 20, 50)
+FULL_TARGETS = (5, 10, 20, 50, 200, 1000)
 QUICK_TARGETS = (5, 20)
+OLD_PC = {"snr": 0.16, "corrector_steps": 1}  # pc's default before per-SDE correctors
 RTOLS = (1e-1, 1e-2, 1e-3, 1e-4)
 QUICK_RTOLS = (1e-2,)
 FLOOR_SETS = 5
@@ -85,17 +93,28 @@ def metrics(x, exact, dirs, mean, std):
 
 
 def ladder(method, targets):
-    """(steps, options) per NFE target; em also gets exactly 1000 steps."""
-    if method == "em":
+    """(steps, options) per NFE target; em and pc also get exactly 1000 steps (pc's default runs
+    no corrector on VP/SubVP, so its NFE is steps + 1 there and 2 steps + 1 on VE)."""
+    if method in ("em", "pc"):
         return [(t - 1, {}) for t in targets if t < 1000] + [(1000, {})]
-    if method == "pc":
-        return [(max((t - 1) // 2, 1), {}) for t in targets]
     if method == "heun":
         return [((t + 1) // 2, {}) for t in targets]
-    return [(t, {}) for t in targets]  # ddpm, ddim, dpm2m: NFE = steps
+    return [(t, {}) for t in targets]  # ddpm, ddim, dpm2m, unipc: NFE = steps
 
 
-def run_problem(name, gm, sde, n, targets, rtols, n_dirs, log):
+def plan(targets, full, rtols):
+    """(label, method, steps, options) of every row."""
+    runs = [(m, m, s, o) for m in FEW for s, o in ladder(m, targets)]
+    if full:
+        runs = [(m, m, s, o) for m in ("em", "pc", "ddpm") for s, o in ladder(m, FULL_TARGETS)] + runs
+        runs += [("ode", "ode", None, {"rtol": r, "atol": r, "denoise": True}) for r in rtols]
+    else:
+        runs = [("em", "em", 1000, {})] + runs
+    runs += [("pc", "pc", 1000, {}), ("pc-old", "pc", 1000, OLD_PC)]
+    return list(dict.fromkeys((lab, m, s, tuple(o.items())) for lab, m, s, o in runs))
+
+
+def run_problem(name, gm, sde, n, runs, n_dirs, log):
     dim = gm.dim
     k_exact, k_floor, k_dirs = jax.random.split(jax.random.key(1), 3)
     exact = gm.sample(k_exact, n)
@@ -105,34 +124,34 @@ def run_problem(name, gm, sde, n, targets, rtols, n_dirs, log):
     score = gm.score(sde)
     floors = [metrics(gm.sample(k, n), exact, dirs, mean, std)
               for k in jax.random.split(k_floor, FLOOR_SETS)]
-    rows = [dict(problem=name, method="floor", steps=None, nfe=0,
+    rows = [dict(problem=name, method="floor", label="floor", steps=None, nfe=0,
                  **{m: float(np.mean([f[m] for f in floors])) for m in floors[0]})]
-    runs = [(m, s, o) for m in ("em", "pc", "ddpm", "ddim", "heun", "dpm2m")
-            for s, o in ladder(m, targets)]
-    runs += [("ode", None, dict(rtol=r, atol=r, denoise=True)) for r in rtols]
-    for method, steps, opts in runs:
+    for label, method, steps, opts in runs:
+        opts = dict(opts)
         t0 = time.perf_counter()
         x, info = sgm.sample(score, sde, (dim,), key=jax.random.key(0), num=n, method=method,
                              steps=steps, **opts)
         x = jax.block_until_ready(x)
-        row = dict(problem=name, method=method, steps=steps, nfe=int(info["nfe"]),
-                   **metrics(x, exact, dirs, mean, std), wall_s=time.perf_counter() - t0)
+        row = dict(problem=name, method=method, label=label, steps=steps, nfe=int(info["nfe"]),
+                   options=opts, **metrics(x, exact, dirs, mean, std),
+                   wall_s=time.perf_counter() - t0)
         if method == "ode":
             row["rtol"] = opts["rtol"]
         rows.append(row)
-        log(f"{name} {method} steps={steps} {opts or ''} nfe={row['nfe']}")
+        log(f"{name} {label} steps={steps} {opts or ''} nfe={row['nfe']}")
     return rows
 
 
 def target_check(rows):
-    """heun / dpm2m at their largest NFE <= 20 against em with 1000 steps, metric by metric."""
+    """Few-step methods at their largest NFE <= 20 against em with 1000 steps, metric by metric;
+    pc (default, 1000 steps) against 1.5 floors in the std error."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
         mine = [r for r in rows if r["problem"] == problem]
         floor = next(r for r in mine if r["method"] == "floor")
         em = next(r for r in mine if r["method"] == "em" and r["steps"] == 1000)
-        for method in ("heun", "dpm2m"):
-            few = [r for r in mine if r["method"] == method and r["nfe"] <= 20]
+        for method in FEW:
+            few = [r for r in mine if r["label"] == method and r["nfe"] <= 20]
             if not few:
                 continue
             r = max(few, key=lambda r: r["nfe"])
@@ -144,40 +163,57 @@ def target_check(rows):
                             **{f"{m}": r[m] for m in ("sw", "mean", "std")},
                             **{f"em_{m}": em[m] for m in ("sw", "mean", "std")},
                             verdict=verdict, met=all(v != "no" for v in verdict.values())))
+        for label in ("pc", "pc-old"):
+            pc = [r for r in mine if r["label"] == label and r["steps"] == 1000]
+            if pc:
+                std = pc[0]["std"]
+                out.append({"problem": problem, "method": label, "nfe": pc[0]["nfe"], "std": std,
+                            "floor_std": floor["std"], "ratio": std / floor["std"],
+                            "met": std <= 1.5 * floor["std"]})
     return out
 
 
 def print_table(rows):
     for problem in dict.fromkeys(r["problem"] for r in rows):
         print(f"\n{problem}")
-        print(f"  {'method':<7}{'steps':>7}{'nfe':>6}{'sw':>10}{'mean':>10}{'std':>10}")
+        print(f"  {'method':<8}{'steps':>7}{'nfe':>6}{'sw':>10}{'mean':>10}{'std':>10}"
+              f"{'wall s':>8}")
         for r in rows:
             if r["problem"] != problem:
                 continue
             steps = f"{r['rtol']:.0e}" if r["method"] == "ode" else (r["steps"] or "-")
-            print(f"  {r['method']:<7}{steps:>7}{r['nfe']:>6}{r['sw']:>10.4f}{r['mean']:>10.4f}"
-                  f"{r['std']:>10.4f}")
+            wall = f"{r['wall_s']:8.1f}" if "wall_s" in r else " " * 8
+            print(f"  {r['label']:<8}{steps:>7}{r['nfe']:>6}{r['sw']:>10.4f}{r['mean']:>10.4f}"
+                  f"{r['std']:>10.4f}{wall}")
 
 
-def markdown(rows, metric="sw"):
+def markdown(rows, metric="sw", targets=TARGETS):
     """Markdown table: one row per NFE rung, one column per fixed-step sampler (`metric`, NFE in
-    brackets); the adaptive ode's rows (one per tolerance) follow on one line."""
+    brackets); the 1000-step rows of em/pc that are not on a rung and the adaptive ode's rows
+    (one per tolerance) follow on one line each."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
         mine = [r for r in rows if r["problem"] == problem]
         floor = next(r for r in mine if r["method"] == "floor")[metric]
-        methods = list(dict.fromkeys(r["method"] for r in mine if r["method"] not in ("floor", "ode")))
-        by = {m: [r for r in mine if r["method"] == m] for m in methods}
-        rungs = max(len(v) for v in by.values())
+        labels = list(dict.fromkeys(r.get("label", r["method"]) for r in mine
+                                    if r["method"] not in ("floor", "ode")))
+        by = {m: [r for r in mine if r.get("label", r["method"]) == m] for m in labels}
+        ladders = {m: v for m, v in by.items() if len(v) > 1}
+        rungs = max((len(v) for v in ladders.values()), default=0)
+        targets = FULL_TARGETS if rungs > len(targets) else targets
         out.append(f"\n{problem}: {metric} (NFE), exact-sampling floor {floor:.4f}\n")
-        out.append("| NFE about | " + " | ".join(methods) + " |")
-        out.append("|---|" + "---|" * len(methods))
+        out.append("| NFE about | " + " | ".join(ladders) + " |")
+        out.append("|---|" + "---|" * len(ladders))
         for i in range(rungs):
-            cells = [f"{by[m][i][metric]:.4f} ({by[m][i]['nfe']})" if i < len(by[m]) else ""
-                     for m in methods]
-            target = TARGETS[i] if i < len(TARGETS) else "-"
-            out.append(f"| {target} | " + " | ".join(cells) + " |")
-        ode = [f"rtol {r['rtol']:.0e}: {r[metric]:.4f} ({r['nfe']})" for r in mine if r["method"] == "ode"]
+            cells = [f"{v[i][metric]:.4f} ({v[i]['nfe']})" if i < len(v) else ""
+                     for v in ladders.values()]
+            out.append(f"| {targets[i] if i < len(targets) else '-'} | " + " | ".join(cells) + " |")
+        single = [f"{m} {v[0]['steps']} steps: {v[0][metric]:.4f} ({v[0]['nfe']})"
+                  for m, v in by.items() if len(v) == 1]
+        if single:
+            out.append("\n" + "; ".join(single))
+        ode = [f"rtol {r['rtol']:.0e}: {r[metric]:.4f} ({r['nfe']})" for r in mine
+               if r["method"] == "ode"]
         if ode:
             out.append("\nadaptive ode (Tsit5, rtol = atol): " + "; ".join(ode))
     return "\n".join(out)
@@ -188,6 +224,9 @@ def main():
     p.add_argument("--table", choices=("sw", "mean", "std"), default=None,
                    help="only print a markdown table of this metric from the saved JSON")
     p.add_argument("--quick", action="store_true", help="fewer NFE levels, smaller sample sets")
+    p.add_argument("--full", action="store_true", help="em, pc, ddpm and ode over all NFE too")
+    p.add_argument("--only", default=None,
+                   help="comma-separated labels to run (e.g. unipc,em), the rest are skipped")
     p.add_argument("--sde", choices=list(SDES), default="vp")
     p.add_argument("--n", type=int, default=None,
                    help="samples per set (default 10000, quick 4000)")
@@ -195,10 +234,15 @@ def main():
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.table:
-        print(markdown(json.loads(args.out.read_text())["rows"], args.table))
+        saved = json.loads(args.out.read_text())
+        print(markdown(saved["rows"], args.table, saved["meta"].get("targets", TARGETS)))
         return
     n = args.n or (4000 if args.quick else 10000)
     targets, rtols = (QUICK_TARGETS, QUICK_RTOLS) if args.quick else (TARGETS, RTOLS)
+    runs = plan(targets, args.full, rtols)
+    if args.only:
+        keep = set(args.only.split(","))
+        runs = [r for r in runs if r[0] in keep]
     sde = SDES[args.sde]()
     start = time.perf_counter()
 
@@ -207,23 +251,30 @@ def main():
 
     rows = []
     for name, gm in problems().items():
-        rows += run_problem(name, gm, sde, n, targets, rtols, args.dirs, log)
+        rows += run_problem(name, gm, sde, n, runs, args.dirs, log)
     total = time.perf_counter() - start
     check = target_check(rows)
 
     print(f"\nsamplers on closed-form scores, {args.sde} SDE, n={n} samples, sw over {args.dirs} "
           f"directions, float32; mean/std errors relative to the true per-dimension std")
     print_table(rows)
-    print("\ntarget: NFE <= 20 no worse than em with 1000 steps (yes / noise = within floor / no)")
+    print("\ntarget: NFE <= 20 no worse than em with 1000 steps (yes / noise = within floor / no); "
+          "pc-1000 std error <= 1.5 floors")
     for c in check:
-        v = " ".join(f"{m}={c['verdict'][m]}" for m in ("sw", "mean", "std"))
-        print(f"  {c['problem']:<8}{c['method']:<6} nfe={c['nfe']:<3} sw {c['sw']:.4f} vs "
-              f"{c['em_sw']:.4f}, mean {c['mean']:.4f} vs {c['em_mean']:.4f}, std {c['std']:.4f} "
-              f"vs {c['em_std']:.4f}: {v} -> {'met' if c['met'] else 'NOT met'}")
+        met = "met" if c["met"] else "NOT met"
+        if "verdict" in c:
+            v = " ".join(f"{m}={c['verdict'][m]}" for m in ("sw", "mean", "std"))
+            print(f"  {c['problem']:<8}{c['method']:<6} nfe={c['nfe']:<3} sw {c['sw']:.4f} vs "
+                  f"{c['em_sw']:.4f}, mean {c['mean']:.4f} vs {c['em_mean']:.4f}, std "
+                  f"{c['std']:.4f} vs {c['em_std']:.4f}: {v} -> {met}")
+        else:
+            print(f"  {c['problem']:<8}{c['method']:<6} nfe={c['nfe']:<4} std {c['std']:.4f} = "
+                  f"{c['ratio']:.2f} x floor {c['floor_std']:.4f} -> {met}")
     print(f"total {total:.0f} s")
 
-    meta = {"quick": args.quick, "sde": args.sde, "n": n, "dirs": args.dirs, "jax": jax.__version__,
-            "backend": jax.default_backend(), "cpus": os.cpu_count(),
+    meta = {"quick": args.quick, "full": args.full, "targets": targets, "sde": args.sde, "n": n,
+            "dirs": args.dirs, "jax": jax.__version__, "backend": jax.default_backend(),
+            "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(), "load_avg": os.getloadavg(),
             "total_s": total}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -24,13 +25,13 @@ import optax
 
 from . import checkpoint as ckpt
 from . import config as C
-from . import data, evaluate, parallel, samplers, train
+from . import data, evaluate, likelihood, parallel, samplers, track, train
 from .config import Config
 from .errors import CheckpointError, ConfigError, CorruptCheckpointError
 from .likelihood import DEQUANT_BOUNDS
 from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .nets import DiT, MLP, Conditioning, UNet
-from .score import PREDICTIONS, GuidedScore, ScoreModel
+from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .sde import (
     CosineSchedule,
     LinearSchedule,
@@ -60,11 +61,19 @@ OPTIMIZERS = {  # (learning-rate schedule, weight decay) -> optax optimizer
     "adam": lambda lr, wd: optax.adam(lr),
     "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
 }
-DECAYS = {  # (peak lr, warm-up steps, total steps) -> learning-rate schedule after a linear warm-up
+DECAYS = {  # (peak lr, warm-up steps, total steps) -> learning-rate schedule of the update count
+    # a linear warm-up from 0 to lr, then a cosine or a linear decay to lr / 100, or constant
     "cosine": lambda lr, warm, steps: optax.warmup_cosine_decay_schedule(
         0.0, lr, warm, max(steps, warm + 1), end_value=lr * 0.01),
+    "linear": lambda lr, warm, steps: optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warm),
+         optax.linear_schedule(lr, lr * 0.01, max(steps - warm, 1))], [warm]),
     "constant": lambda lr, warm, steps: optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm]),
+    # OneCycle (Smith & Topin 2017): cosine rise from lr / 25 to lr over the warm-up, cosine fall to
+    # lr / 25e4 at the last step; optax places the peak at int(pct_start * steps), hence the + 0.5
+    "onecycle": lambda lr, warm, steps: optax.cosine_onecycle_schedule(
+        max(steps, warm + 1), lr, pct_start=(warm + 0.5) / max(steps, warm + 1)),
 }
 
 
@@ -96,6 +105,7 @@ CHOICES = {
     "sde.schedule": tuple(SCHEDULES),
     "model.net": tuple(NETS),
     "model.prediction": PREDICTIONS,
+    "model.dtype": DTYPES,
     "train.optimizer": tuple(OPTIMIZERS),
     "train.decay": tuple(DECAYS),
     "train.weighting": WEIGHTINGS,
@@ -104,6 +114,10 @@ CHOICES = {
     "train.on_nan": ("stop", "skip"),
     "sample.method": tuple(samplers.SAMPLERS),
     "likelihood.dequant_bound": DEQUANT_BOUNDS,
+    "likelihood.dequant": data.transforms.DEQUANTS,
+    "likelihood.solver": likelihood.SOLVERS,
+    "likelihood.stepping": likelihood.STEPPING,
+    "likelihood.clock": likelihood.CLOCKS,
 }
 
 
@@ -115,6 +129,7 @@ def check(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), field)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is invalid: expected one of {', '.join(allowed)}.")
+    track.check(cfg.train.log_to)  # known names, their packages installed
     if cfg.model.periodic and cfg.model.net != "unet":
         raise ConfigError(f"model.periodic=True needs model.net='unet', got {cfg.model.net!r}.")
     build_sde(cfg)  # the SDE checks its own parameters
@@ -143,19 +158,33 @@ def build_conditioning(cfg: Config, ds: data.Dataset) -> Conditioning:
         return Conditioning("label", ds.num_classes, cfg.model.label_dropout)
     if cfg.model.conditional and ds.param_dim:
         return Conditioning("param")
+    if cfg.model.conditional and ds.cond_shape:  # images, standardised with the training set's
+        c = np.asarray(ds.train_cond, np.float64)  # mean and std, a null for guidance
+        return Conditioning("image", label_dropout=cfg.model.label_dropout,
+                            image_shift=float(c.mean()), image_scale=float(c.std()) or 1.0)
     return Conditioning()
 
 
 def build_model(cfg: Config, ds: data.Dataset, sde, cond: Conditioning, *, key) -> ScoreModel:
     extra = dict(num_classes=cond.num_classes, param_dim=ds.param_dim if cond.kind == "param" else None,
                  dropout=cfg.model.dropout, key=key)
-    return ScoreModel(NETS[cfg.model.net](cfg.model, ds, extra), sde, prediction=cfg.model.prediction)
+    if cond.kind == "image" and cfg.model.net == "mlp":  # the MLP concatenates the image's numbers
+        extra["cond_dim"] = math.prod(ds.cond_shape)
+    elif cond.kind == "image":  # the UNet and DiT its channels
+        extra["cond_channels"] = ds.cond_shape[0]
+    return ScoreModel(NETS[cfg.model.net](cfg.model, ds, extra), sde, prediction=cfg.model.prediction,
+                      dtype=cfg.model.dtype)
+
+
+def learning_rate(cfg: Config):
+    """The learning-rate schedule `lr(count)` of the config: the rate of update `count + 1`."""
+    t = cfg.train
+    return DECAYS[t.decay](t.lr, max(t.warmup, 1), t.steps)
 
 
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
     t = cfg.train
-    lr = DECAYS[t.decay](t.lr, max(t.warmup, 1), t.steps)
-    opt = OPTIMIZERS[t.optimizer](lr, t.weight_decay)
+    opt = OPTIMIZERS[t.optimizer](learning_rate(cfg), t.weight_decay)
     return optax.chain(optax.clip_by_global_norm(t.grad_clip), opt) if t.grad_clip > 0 else opt
 
 
@@ -185,7 +214,9 @@ def likelihood_options(cfg: Config) -> dict:
     """Keywords of `evaluate.heldout_likelihood` (and through it `sgm.log_likelihood`)."""
     lc = cfg.likelihood
     return dict(exact=lc.exact, rtol=lc.rtol, atol=lc.atol, probes=lc.probes, batch=lc.batch,
-                dequant_samples=lc.dequant_samples, dequant_bound=lc.dequant_bound)
+                dequant_samples=lc.dequant_samples, dequant_bound=lc.dequant_bound,
+                dequant=lc.dequant,
+                solver=lc.solver, stepping=lc.stepping, clock=lc.clock)
 
 
 # ------------------------------------------------------------------------------------ experiment
@@ -248,12 +279,25 @@ class Experiment:
             out["true_nll"] = -float(np.mean(self.ds.log_prob(np.asarray(x), raw)))
         return out
 
+    def log_density(self, model, x, *, mesh=None, batch: int = 512, **overrides) -> np.ndarray:
+        """log p(x) in data units at raw points `x` (N, ...) under an unconditional model's
+        probability-flow ODE: the config's likelihood settings but for `overrides` (exact, rtol,
+        progress, ...), in equal solves of at most `batch` points (one compilation)."""
+        n = len(x)
+        batch = -(-n // -(-n // batch))
+        opts = {**likelihood_options(self.cfg), "batch": batch, "dequant_samples": 1, **overrides}
+        out = evaluate.heldout_likelihood(model, self.preprocess, np.asarray(x), {}, mesh=mesh,
+                                          key=jax.random.key(self.cfg.likelihood.seed),
+                                          return_draws=True, **opts)
+        return out["draws"][0]
+
     def sample_conditions(self, num: int):
-        """Raw conditions of `num` samples: labels 0, 1, 2, ... cycling, or the parameters of the
-        first (up to 8) test points, cycling; None for an unconditional model."""
+        """Raw conditions of `num` samples: labels 0, 1, 2, ... cycling, or the parameters or
+        conditioning images of the first (up to 8) test points, cycling; None for an
+        unconditional model."""
         if self.conditioning.kind == "label":
             return np.arange(num) % self.ds.num_classes
-        if self.conditioning.kind == "param":
+        if self.conditioning.kind in ("param", "image"):
             return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
         return None
 
@@ -264,7 +308,7 @@ class Experiment:
         total = num if mesh is None else num + -num % mesh.devices.size
         raw = self.sample_conditions(total)
         score = model
-        if self.conditioning.kind == "label":
+        if self.conditioning.kind in ("label", "image"):
             score = GuidedScore(model, None, self.ds.num_classes, s.guidance)
         opts = {**sample_options(self.cfg), **overrides}
         x, info = evaluate.draw_samples(score, model.sde, self.preprocess, self.ds.shape, num=total,

@@ -62,6 +62,7 @@ class ModelConfig:
     conditional: bool = False  # condition on the dataset's labels or parameters
     label_dropout: float = 0.0  # classifier-free guidance: probability of the null label
     periodic: bool = False  # UNet: circular padding (fields on a periodic box)
+    dtype: str = "float32"  # the network's compute dtype: float32 or bfloat16 (weights stay float32)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 2e-3
     warmup: int = 200
-    decay: str = "cosine"  # or "constant"
+    decay: str = "cosine"  # after the warm-up: "cosine", "linear", "constant"; or "onecycle"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema: float = 0.999
@@ -87,6 +88,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     on_nan: str = "stop"  # or "skip"
     eval_num: int = 512  # held-out points for loss / likelihood during training
+    log_to: tuple[str, ...] = ("jsonl",)  # metrics.jsonl; "tensorboard", "wandb" (optional extras)
+
+    def __post_init__(self):  # a config file may name the loggers in a list, or name one
+        if isinstance(self.log_to, str | list):
+            names = (self.log_to,) if isinstance(self.log_to, str) else tuple(self.log_to)
+            object.__setattr__(self, "log_to", names)
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,12 @@ class LikelihoodConfig:
     probes: int = 1
     dequant_samples: int = 1  # K uniform dequantisations per test point (discrete data)
     dequant_bound: str = "mean"  # "mean": average of the K bounds; "iw": log of the mean likelihood
+    dequant: str = "uniform"  # dequantisation density q: "uniform" or "tn" (truncated normal)
     batch: int = 250
     seed: int = 2
+    solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8
+    stepping: str = "batch"  # shared steps for each batch, or "point": each point its own
+    clock: str = "t"  # the variable the ODE is integrated in: t, logt or logsnr
 
 
 @dataclass(frozen=True)
@@ -269,8 +280,10 @@ def validate(config: Config) -> Config:
                 _expect(optional, where, v, f"a value of type {getattr(base, '__name__', base)}")
                 continue
             if typing.get_origin(base) is tuple:
-                _expect(isinstance(v, tuple) and all(isinstance(i, int) for i in v), where, v,
-                        "a tuple of integers")
+                item = typing.get_args(base)[0]
+                _expect(isinstance(v, tuple) and all(isinstance(i, item) and not isinstance(i, bool)
+                                                     for i in v), where, v,
+                        f"a tuple of {'integers' if item is int else 'strings'}")
             elif base is float:
                 _expect(isinstance(v, (int, float)) and not isinstance(v, bool), where, v, "a number")
                 _expect(math.isfinite(v), where, v, "a finite number")

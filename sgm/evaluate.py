@@ -10,6 +10,7 @@ nats per sample compare with the data's entropy and bits/dim is that divided by 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -43,9 +44,20 @@ def _pad(a, n: int):
     return a if extra == 0 else jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)])
 
 
+def tn_std(sde, preprocess: Preprocess, t0: float | None = None) -> float:
+    """The diffusion's noise at t0 in levels (data units): noise_level(t0) L / (hi - lo).
+
+    The std of the truncated-normal dequantisation that matches q(x_t0 | x_0) (Zheng et al. 2023).
+    """
+    t0 = sde.t0 if t0 is None else t0
+    return float(sde.noise_level(t0)) * preprocess.levels / (preprocess.hi - preprocess.lo)
+
+
 def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, batch: int = 250,
                        dequant_samples: int = 1, dequant_bound: str = "mean", mesh=None,
-                       return_draws: bool = False, **likelihood_options) -> dict:
+                       return_draws: bool = False, progress: Callable[[int, int], None] | None = None,
+                       dequant: str = "uniform", dequant_std: float | None = None,
+                       **likelihood_options) -> dict:
     """Log-likelihood of the raw points `x` (N, ...) under the probability-flow ODE, in data units.
 
     Arguments:
@@ -58,6 +70,10 @@ def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, bat
             `dequant_bound` (see `likelihood.combine_dequantised`).
         mesh: split each batch over its devices.
         return_draws: also return the per-draw log-likelihoods (`(K, N)`, data units) as `draws`.
+        progress: hook `progress(points_done, total)` called after each batch (K N points in all).
+        dequant: the dequantisation density q of discrete data, "uniform" or "tn" (truncated
+            normal; each draw is log p - log q, see `data.transforms`); `dequant_std` its std in
+            levels, by default `tn_std` (the diffusion's noise at t0 in data units).
         likelihood_options: `sgm.log_likelihood`'s keywords (exact, rtol, atol, probes, ...).
 
     Returns a dict with `nll` (nats per sample; for discrete data the dequantisation bound),
@@ -68,10 +84,15 @@ def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, bat
     shape = tuple(x_all.shape[1:])
     log_det = preprocess.log_det(shape)
     logps, nfes = [], []
-    for _ in range(dequant_samples if preprocess.levels is not None else 1):
+    if dequant == "tn" and dequant_std is None and preprocess.levels is not None:
+        dequant_std = tn_std(model.sde, preprocess, likelihood_options.get("t0"))
+    draws_k = dequant_samples if preprocess.levels is not None else 1
+    if progress is not None:
+        progress(0, draws_k * num)
+    for _ in range(draws_k):
         for i in range(0, num, batch):
             key, k_pre, k_hutch = jax.random.split(key, 3)
-            xb = preprocess(k_pre, x_all[i:i + batch])
+            xb, log_q = preprocess.dequantise(k_pre, x_all[i:i + batch], dequant=dequant, std=dequant_std)
             cb = {k: v[i:i + batch] for k, v in cond.items()}
             n, sharding = xb.shape[0], None
             if mesh is not None:
@@ -79,15 +100,19 @@ def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, bat
                 xb, cb = _pad(xb, mesh.devices.size), {k: _pad(v, mesh.devices.size) for k, v in cb.items()}
             logp, info = log_likelihood(model, model.sde, xb, key=k_hutch, cond=cb, sharding=sharding,
                                         **likelihood_options)
-            logps.append(parallel.gather(logp)[:n] + log_det)
+            logps.append(parallel.gather(logp)[:n] + log_det - log_q)
             nfes.append(int(info["nfe"]))
+            if progress is not None:
+                progress(sum(a.shape[0] for a in logps), draws_k * num)
     draws = np.concatenate(logps).reshape(-1, num)  # (K, num): K dequantisations per point
     logp = np.asarray(combine_dequantised(draws, dequant_bound), dtype=np.float64)
     out = {"nll": -float(logp.mean()), "nll_stderr": float(logp.std() / math.sqrt(num)),
            "bpd": float(np.mean(bits_per_dim(logp, math.prod(shape), levels=None))),
            "nfe": int(np.mean(nfes)), "num": num}
     if preprocess.levels is not None:
-        out.update(dequant_samples=draws.shape[0], dequant_bound=dequant_bound)
+        out.update(dequant_samples=draws.shape[0], dequant_bound=dequant_bound, dequant=dequant)
+        if dequant == "tn":
+            out["dequant_std"] = float(dequant_std)
     if return_draws:
         out["draws"] = draws
     return out

@@ -1,4 +1,5 @@
-"""Figures main.py draws: sample grids, 2-D samples beside the data and its density, training curves.
+"""Figures main.py draws: sample grids, 2-D samples beside the data and its density, the model's
+2-D density beside the exact one, the reverse process of image samples, training curves.
 
 Every function takes numpy or jax arrays and a `path`, writes one PNG there (creating its parent
 folders; the file appears whole or not at all) and returns the path as a `pathlib.Path`. matplotlib
@@ -32,12 +33,13 @@ Limits = tuple[tuple[float, float], tuple[float, float]]
 # --------------------------------------------------------------------------------------------
 
 
-def figure(width: float, height: float):
-    """A matplotlib Figure on an Agg canvas, with constrained layout."""
+def figure(width: float, height: float, layout: str = "constrained"):
+    """A matplotlib Figure on an Agg canvas, with constrained layout ("compressed" packs panels of
+    fixed aspect, such as square 2-D windows, more tightly)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -119,20 +121,31 @@ def square(ax, lim: Limits) -> None:
     ax.tick_params(labelsize=8)
 
 
-def density(ax, log_prob: LogProb, lim: Limits, n: int, label: str):
-    """Heat map of exp(log_prob) on an n x n grid over `lim`; returns the image for a colour bar."""
+def density_grid(log_prob: LogProb, lim: Limits, n: int) -> np.ndarray:
+    """log_prob on an n x n grid over `lim`: `out[i, j]` at (x_j, y_i), x and y from
+    `np.linspace` over each axis (row 0 at the bottom, as `imshow(origin="lower")` draws it)."""
     (x0, x1), (y0, y1) = lim
     xx, yy = np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n))
     grid = np.stack([xx.ravel(), yy.ravel()], axis=-1)
-    lp = np.asarray(log_prob(grid), dtype=np.float64).reshape(n, n)
+    return np.asarray(log_prob(grid), dtype=np.float64).reshape(n, n)
+
+
+def density(ax, log_prob: LogProb | np.ndarray, lim: Limits, n: int, label: str,
+            vmax: float | None = None):
+    """Heat map of exp(log_prob) on an n x n grid over `lim` (`log_prob` a callable, or its
+    `density_grid` already computed); returns the image for a colour bar. `vmax` fixes the top of
+    the colour scale (to compare panels)."""
+    lp = log_prob if isinstance(log_prob, np.ndarray) else density_grid(log_prob, lim, n)
+    (x0, x1), (y0, y1) = lim
     finite = np.isfinite(lp)
     with np.errstate(over="ignore", under="ignore"):
         dens = np.where(finite, np.exp(np.where(finite, lp, 0.0)), 0.0)
     relative = not np.all(np.isfinite(dens))
     if relative:  # an unnormalised log-density too large to exponentiate: relative to its max
         dens = np.where(finite, np.exp(lp - lp[finite].max()), 0.0)
+        vmax = None
     im = ax.imshow(dens, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
-                   interpolation="nearest", vmin=0.0)
+                   interpolation="nearest", vmin=0.0, vmax=vmax)
     ax.set_title(label + (" (relative)" if relative else ""), fontsize=10)
     square(ax, lim)
     return im
@@ -230,6 +243,127 @@ def scatter_2d(samples: Float[ArrayLike, "n 2"], path: str | os.PathLike, *,
     return save(fig, path)
 
 
+def model_density_2d(samples: Float[ArrayLike, "n 2"], path: str | os.PathLike, *,
+                     model_log_prob: LogProb | np.ndarray, log_prob: LogProb | None = None,
+                     lim=None, n: int = 64, title: str | None = None) -> Path:
+    """2-D samples beside the model's density and the exact one (each with its colour bar).
+
+    Arguments:
+        samples: (N, 2) points (they also set the window when `lim` is None).
+        path: where to write the PNG.
+        model_log_prob: the model's log-density, a callable (K, 2) -> (K,) or its `density_grid`
+            on the n x n grid over `lim` (main.py's comes from the probability-flow ODE).
+        log_prob: the exact log-density, if known.
+        lim, n: the window (as `scatter_2d`'s) and grid points per axis.
+        title: figure title (main.py puts the paired NLL gap there).
+    """
+    samples = points(samples, "samples")
+    lim = limits(lim, samples)
+    model = (model_log_prob if isinstance(model_log_prob, np.ndarray)
+             else density_grid(model_log_prob, lim, n))
+    exact = None if log_prob is None else density_grid(log_prob, lim, n)
+    panels = 2 + (exact is not None)
+    fig = figure(3.4 + 4.0 * (panels - 1), 3.6 + 0.25 * (title or "").count("\n"), "compressed")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    scatter(axes[0], samples, lim, f"samples ({len(samples)})")
+    # each density on its own colour scale: a poor model's shape stays visible beside the truth
+    colorbar(fig, density(axes[1], model, lim, n, "model density"), axes[1])
+    if exact is not None:
+        colorbar(fig, density(axes[2], exact, lim, n, "exact density"), axes[2])
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def pick_frames(levels: ArrayLike, k: int = 8) -> np.ndarray:
+    """Indices of `k` entries of a monotone sequence `levels` (e.g. the log-SNR along a sampler's
+    path) as evenly spaced in value as it allows, first and last included."""
+    lv = np.asarray(levels, dtype=np.float64)
+    if lv.ndim != 1 or len(lv) == 0:
+        raise ValueError(f"levels must be a non-empty 1-D sequence, got shape {lv.shape}")
+    k = min(k, len(lv))
+    idx = np.array([int(np.argmin(np.abs(lv - v))) for v in np.linspace(lv[0], lv[-1], k)])
+    for i in range(1, k):  # where the sequence is coarse two targets fall on one entry: spread
+        idx[i] = max(idx[i], idx[i - 1] + 1)
+    idx[-1] = len(lv) - 1
+    for i in range(k - 2, -1, -1):
+        idx[i] = min(idx[i], idx[i + 1] - 1)
+    return idx
+
+
+def reverse_process(frames: Float[ArrayLike, "t n c h w"], times: Sequence[float],
+                    path: str | os.PathLike, *, lo: float = 0.0, hi: float = 1.0,
+                    conditions: Sequence[str] | np.ndarray | None = None,
+                    title: str | None = None) -> Path:
+    """Samples on their way from the prior to the data: one row per sample, one column per time.
+
+    Arguments:
+        frames: (T, N, C, H, W) states x_t of N samples at T times (C = 1 or 3), values in [lo, hi]
+            (clipped).
+        times: the T times, printed over the columns.
+        path: where to write the PNG.
+        lo, hi: the value range mapped to black..white.
+        conditions: what each sample was conditioned on: N strings (labels, parameters), drawn to
+            the left of the rows, or N conditioning images (N, C', H, W) drawn as a first column.
+        title: figure title.
+    """
+    x = np.asarray(frames, dtype=np.float64)
+    if x.ndim != 5 or x.shape[2] not in (1, 3) or len(times) != x.shape[0]:
+        raise ValueError("frames must have shape (T, N, C, H, W) with C = 1 or 3 and one time per "
+                         f"frame, got {x.shape} and {len(times)} times")
+    if not hi > lo:
+        raise ValueError(f"reverse_process needs hi > lo, got lo={lo}, hi={hi}")
+    x = np.clip(np.nan_to_num((x - lo) / (hi - lo), nan=0.0), 0.0, 1.0)
+    steps, n = x.shape[:2]
+    images = conditions is not None and np.ndim(conditions) == 4
+    cols = steps + images
+    cell = 0.95 if x.shape[-1] <= 16 else 1.2
+    fig = figure(cell * cols + (0.7 if conditions is not None and not images else 0.2),
+                 cell * n + 0.35 + (0.35 if title else 0.0))
+    axes = fig.subplots(n, cols, squeeze=False)
+    for r in range(n):
+        if images:
+            c = np.asarray(conditions[r], dtype=np.float64)
+            c = (c - c.min()) / max(c.max() - c.min(), 1e-12)
+            _show(axes[r, 0], c)
+            if r == 0:
+                axes[r, 0].set_title("condition", fontsize=8)
+        for j in range(steps):
+            ax = axes[r, j + images]
+            _show(ax, x[j, r])
+            if r == 0:
+                ax.set_title(f"t = {float(times[j]):.3g}", fontsize=8)
+        if conditions is not None and not images:
+            axes[r, 0].set_ylabel(str(conditions[r]), fontsize=8, rotation=0, ha="right",
+                                  va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path, palette=x.shape[2] == 1)
+
+
+def _show(ax, img: np.ndarray) -> None:
+    """One (C, H, W) image in [0, 1] on an axis without ticks (a y label stays possible)."""
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(img[:3].transpose(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+# --------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------
+
+#: a panel's title by the metric it shows (a metric's name less an "eval_"/"test_" prefix)
+PANEL_TITLES = {"loss": "loss", "lr": "learning rate", "steps_per_s": "steps / s",
+                "nll": "NLL (nats)", "bpd": "bits / dim", "skipped": "skipped steps"}
+#: where a series comes from, by prefix: (legend label, matplotlib style)
+SOURCES = {"": ("train", {"lw": 1.0}),
+           "eval_": ("held-out", {"lw": 1.0, "marker": "o", "ms": 4, "color": "C1"}),
+           "test_": ("test", {"lw": 0, "marker": "*", "ms": 10, "color": "C3"})}
 
 
 def _numeric(v) -> bool:
@@ -240,42 +374,66 @@ def _numeric(v) -> bool:
     return np.ndim(v) == 0 and np.asarray(v).dtype.kind in "iuf"
 
 
-def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.PathLike, *,
-                    title: str | None = None) -> Path:
-    """One panel per numeric metric against "step"; log-scale y for losses (names with "loss").
-
-    Arguments:
-        metrics: a list of records, each with "step" and any numeric metrics ("loss", "eval_loss",
-            "eval_nll", "bpd", ...); a metric may be missing from some records (evaluated less
-            often); non-numeric values are ignored.
-        path: where to write the PNG.
-        title: figure title.
-    """
-    series: dict[str, tuple[list[float], list[float]]] = {}
+def curve_panels(metrics: Sequence[Mapping[str, object]]
+                 ) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """The panels `training_curves` draws: {quantity: {prefix: (steps, values)}}, prefix "" for
+    the training series, "eval_" and "test_" for held-out ones; constant panels left out (unless
+    all are). Raises ValueError when the records hold no numeric metric."""
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for i, rec in enumerate(metrics):
         step = float(rec.get("step", i))
         for key, v in rec.items():
             if key != "step" and _numeric(v) and math.isfinite(float(v)):
-                xs, ys = series.setdefault(key, ([], []))
+                prefix = next((p for p in ("eval_", "test_") if key.startswith(p) and key != p), "")
+                xs, ys = panels.setdefault(key[len(prefix):], {}).setdefault(prefix, ([], []))
                 xs.append(step)
                 ys.append(float(v))
-    if not series:
+    if not panels:
         raise ValueError("training_curves found no numeric metric besides 'step' in the records")
-    ncols = min(3, len(series))
-    nrows = math.ceil(len(series) / ncols)
-    fig = figure(3.6 * ncols, 2.7 * nrows + (0.3 if title else 0.0))
+    varying = {k: p for k, p in panels.items() if any(np.ptp(ys) > 0 for _, ys in p.values())}
+    return varying or panels
+
+
+def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.PathLike, *,
+                    title: str | None = None) -> Path:
+    """Metrics against "step", one panel per quantity, training and held-out series together.
+
+    "loss" and "eval_loss" share a panel (the training series as a line, the held-out one as
+    points joined by lines), as do "eval_nll" and "test_nll", and so on; a panel whose series are
+    all constant (a single point included: "skipped" = 0, a one-off held-out value) is left out,
+    unless every panel is. Losses and a steps/s spanning over a decade get a log scale.
+
+    Arguments:
+        metrics: a list of records, each with "step" and any numeric metrics ("loss", "lr",
+            "eval_loss", "eval_nll", ...); a metric may be missing from some records (evaluated less
+            often); non-numeric and non-finite values are ignored.
+        path: where to write the PNG.
+        title: figure title.
+    """
+    panels = curve_panels(metrics)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = figure(3.7 * ncols, 2.8 * nrows + (0.3 if title else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (key, (xs, ys)) in zip(axes, series.items()):
-        ax.plot(xs, ys, lw=1.0, marker="o" if len(xs) <= 30 else None, ms=3)
-        if "loss" in key and min(ys) > 0:
+    for ax, (name, series) in zip(axes, panels.items()):
+        values = []
+        for prefix, (label, style) in SOURCES.items():
+            if prefix in series:
+                xs, ys = series[prefix]
+                ax.plot(xs, ys, label=label, **style)
+                values += ys
+        low, high = min(values), max(values)
+        if low > 0 and ("loss" in name or (name == "steps_per_s" and high > 10 * low)):
             ax.set_yscale("log")
         else:
-            ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_title(key, fontsize=10)
+            ax.ticklabel_format(axis="y", useOffset=False, scilimits=(-3, 4))
+        if len(series) > 1:
+            ax.legend(fontsize=8, frameon=False)
+        ax.set_title(PANEL_TITLES.get(name, name), fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, which="both")
-    for ax in axes[len(series):]:
+    for ax in axes[len(panels):]:
         ax.set_axis_off()
     if title:
         fig.suptitle(title)

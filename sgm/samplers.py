@@ -18,17 +18,22 @@ names and defaults are read off `fn`'s signature). The entry declares the rest:
     ode     adaptive       measured (Tsit5/Dopri5);  no          1 with solver="euler"
                            fixed: steps * k + denoise              (2 for "heun"/"midpoint")
     pc      1000           steps (1 + corrector_steps) + denoise   yes    1 (weak; see below)
+                           (corrector_steps: VE 1, VP/SubVP 0 by default)
     ddpm    1000           steps                     always      1 (weak)
     ddim    50             steps                     always      1
     heun    18             2 steps - 1               always      2
     dpm2m   20             steps                     always      2
+    dpm3m   20             steps                     always      2 (third-order steps after a
+                                                                 first-order first step)
+    unipc   20             steps (corrector free)    always      3
 
 "always": the method's last step lands on Tweedie's x_0 = E[x_0 | x_t_end] by construction, so
 `denoise=True` is a no-op for it and `denoise=False` a ConfigError. `order` is the convergence order
 in the step size on a smooth problem (weak order for the stochastic methods), checked for every
 entry by tests/test_samplers.py. pc's corrector takes Langevin steps whose size is set by `snr`,
 not by the time step, so it adds a bias O(snr^2) in the variance that does not shrink with the step:
-order 1 holds while the discretisation error dominates it.
+order 1 holds while the discretisation error dominates it. That is why pc runs no corrector on
+VP and SubVP unless asked (`corrector_steps`), as Song et al.'s VP/SubVP configs do (see `_pc`).
 
 Methods:
 - "em":   reverse-time SDE dx = [f - g^2 score] dt + g dw_bar, Euler-Maruyama through diffrax
@@ -36,11 +41,14 @@ Methods:
 - "ode":  probability-flow ODE dx/dt = f - g^2 score / 2 through diffrax: adaptive Tsit5 with a
           PID controller by default, or a fixed-step Euler/Heun/midpoint solver with `steps`.
 - "pc":   predictor-corrector: Langevin corrector steps at a signal-to-noise ratio `snr`, then an
-          Euler-Maruyama predictor step (Song et al. 2021, Algorithms 2-3).
+          Euler-Maruyama predictor step (Song et al. 2021, Algorithms 2-3); by default one
+          corrector step on VE and none on VP/SubVP.
 - "ddpm": ancestral sampling on the discrete chain of the SDE's own marginals (Ho et al. 2020).
 - "ddim": deterministic (eta = 0) or stochastic DDIM (Song, Meng & Ermon 2021).
-- "heun", "dpm2m": few-step probability-flow ODE solvers in sigma = std/scale (EDM's Heun with
-          optional churn; DPM-Solver++(2M)), ending on x_0 (see `sgm.fast`).
+- "heun", "dpm2m", "dpm3m", "unipc": few-step probability-flow ODE solvers in sigma = std/scale
+          (EDM's Heun with optional churn; DPM-Solver++(2M) and (3M); UniPC, a third-order
+          multistep predictor with a corrector that re-uses the next evaluation), ending on x_0
+          (see `sgm.fast`).
 
 "ddpm" and "ddim" use the Gaussian kernel x_t = a(t) x_0 + s(t) eps of the SDE on a time grid
 1 = t_N > ... > t_1 = t_end > t_0 = 0: with alpha = a_i / a_{i-1} and v = s_i^2 - alpha^2 s_{i-1}^2,
@@ -62,15 +70,16 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .fast import dpm_solver_2m, edm_heun
+from .fast import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
 from .parallel import constrain
 from .score import tweedie_x0
-from .sde import AbstractSDE
+from .sde import AbstractBetaSDE, AbstractSDE
 
 ODE_SOLVERS = {
     # name: (constructor, adaptive, new vector-field evaluations per step)
     "tsit5": (diffrax.Tsit5, True, 6),
     "dopri5": (diffrax.Dopri5, True, 6),
+    "dopri8": (diffrax.Dopri8, True, 13),
     "euler": (diffrax.Euler, False, 1),
     "heun": (diffrax.Heun, False, 2),
     "midpoint": (diffrax.Midpoint, False, 2),
@@ -203,9 +212,36 @@ def _ode_nfe(steps, denoise, solver="tsit5", **_):
     return (ODE_FIXED_STEPS if steps is None else steps) * per_step + int(denoise)
 
 
+def pc_corrector_steps(sde: AbstractSDE, corrector_steps: int | None) -> int:
+    """pc's Langevin steps per step; None is Song et al.'s choice per SDE: one on VE, none on VP
+    and SubVP (their VP/SubVP configs run the predictor alone)."""
+    if corrector_steps is not None:
+        return corrector_steps
+    if sde is None:
+        raise TypeError("pc's default corrector_steps depends on the SDE: pass sde=")
+    return 0 if isinstance(sde, AbstractBetaSDE) else 1
+
+
 def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
-        snr=0.16, corrector_steps=1):
-    """Reverse-diffusion predictor with `corrector_steps` Langevin corrector steps per step."""
+        snr=0.16, corrector_steps=None):
+    """Euler-Maruyama predictor with `corrector_steps` Langevin corrector steps per step.
+
+    The corrector at time t is x <- x + eps score + sqrt(2 eps) z, z ~ N(0, I), with
+    eps = 2 alpha (snr |z| / |score|)^2 (norms averaged over the batch): Song et al.'s
+    Algorithm 5. Its step is set by `snr`, not by the time step: on a Gaussian of variance v,
+    eps ~ 2 snr^2 v, and each unadjusted Langevin step inflates the variance by ~eps^2 / v, a
+    bias that does not shrink with more steps. The trade-off, measured on the 64-D Gaussian of
+    bench/samplers.py (1000 steps, 10,000 samples, RMS std error; exact-sampling floor 0.66%):
+    on VP snr 0.16 gives 2.08% (3.1 floors) against 0.61% for the predictor alone; on VE 2.36%
+    against em's 0.70%; on an 8-D Gaussian (tests/test_sample.py, VP, 500 steps) the mean of
+    sample std / true std - 1 is -0.15% without corrector, +0.05% at snr 0.08 and +1.3% at
+    snr 0.16 (an inflation of about snr^2 / 2). So the default
+    `corrector_steps=None` follows Song et al.'s configs: no corrector on VP and SubVP (pc is
+    then em's algorithm), one step at `snr` on VE. Ask for `corrector_steps=1` on VP, or a
+    smaller `snr`, where an imperfect learned score gains more from the Langevin steps than the
+    bias costs; with the exact score it only costs.
+    """
+    corrector_steps = pc_corrector_steps(sde, corrector_steps)
     if not snr > 0 or not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ConfigError(f"pc needs snr > 0 and a non-negative integer corrector_steps, got "
                           f"snr={snr}, corrector_steps={corrector_steps!r}")
@@ -315,8 +351,9 @@ class Sampler(eqx.Module):
         fn: `fn(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
             **options) -> (x0, info)`; its own keyword-only arguments are its options.
         default_steps: steps when `sample` is given none (None: adaptive, the ODE).
-        count: `count(steps, denoise, **options) -> int | None`, the score evaluations per sample
-            (None where the method measures them itself: the adaptive ODE); see `nfe`.
+        count: `count(steps, denoise, *, sde, **options) -> int | None`, the score evaluations
+            per sample (None where the method measures them itself: the adaptive ODE); `sde` may
+            be None where the count does not depend on it; see `nfe`.
         denoises: whether it ends with a Tweedie denoising step by default.
         ends_on_x0: its last step is Tweedie's x_0 by construction (`denoise` cannot be turned off).
         order: convergence order in the step size on a smooth problem (weak order if stochastic).
@@ -348,11 +385,13 @@ class Sampler(eqx.Module):
         params = inspect.signature(self.fn).parameters
         return {n: params[n].default for n in self.options}
 
-    def nfe(self, steps: int | None = None, *, denoise: bool | None = None, **options) -> int | None:
-        """Score evaluations per sample for these settings (defaults filled in, as `sample` does)."""
+    def nfe(self, steps: int | None = None, *, denoise: bool | None = None,
+            sde: AbstractSDE | None = None, **options) -> int | None:
+        """Score evaluations per sample for these settings (defaults filled in, as `sample` does);
+        pc's default corrector depends on `sde`."""
         steps = self.default_steps if steps is None else steps
         denoise = self.denoises if denoise is None else denoise
-        return self.count(steps, bool(denoise), **dict(self.defaults, **options))
+        return self.count(steps, bool(denoise), sde=sde, **dict(self.defaults, **options))
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -360,8 +399,8 @@ SAMPLERS: dict[str, Sampler] = {
                   denoises=True, order=1),
     "ode": Sampler(_ode, default_steps=None, count=_ode_nfe, denoises=False, order=1),
     "pc": Sampler(_pc, default_steps=1000, denoises=True, order=1,
-                  count=lambda steps, denoise, corrector_steps, **_:
-                  steps * (1 + corrector_steps) + denoise),
+                  count=lambda steps, denoise, corrector_steps, sde=None, **_:
+                  steps * (1 + pc_corrector_steps(sde, corrector_steps)) + denoise),
     "ddpm": Sampler(_ddpm, default_steps=1000, count=lambda steps, denoise, **_: steps,
                     denoises=True, ends_on_x0=True, order=1),
     "ddim": Sampler(_ddim, default_steps=50, count=lambda steps, denoise, **_: steps,
@@ -370,6 +409,10 @@ SAMPLERS: dict[str, Sampler] = {
                     denoises=True, ends_on_x0=True, order=2),
     "dpm2m": Sampler(dpm_solver_2m, default_steps=20, count=lambda steps, denoise, **_: steps,
                      denoises=True, ends_on_x0=True, order=2),
+    "dpm3m": Sampler(dpm_solver_3m, default_steps=20, count=lambda steps, denoise, **_: steps,
+                     denoises=True, ends_on_x0=True, order=2),
+    "unipc": Sampler(unipc, default_steps=20, count=lambda steps, denoise, **_: steps,
+                     denoises=True, ends_on_x0=True, order=3),
 }
 METHODS = tuple(SAMPLERS)
 
@@ -386,7 +429,7 @@ def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding
     x1, cond = constrain((x1, cond), sharding)  # split the batch; jit partitions everything after
     x, info = entry.fn(BatchedScore(score, cond), sde, x1, k_run, **settings,
                        progress=progress_hook(progress), **options)
-    nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], **options)
+    nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], sde=sde, **options)
     return x, {"nfe": nfe, **info}  # a measured count (adaptive ODE) replaces the declared None
 
 
@@ -406,15 +449,17 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         shape: shape of one sample.
         key: PRNG key (prior draw and the sampler's noise).
         num: number of samples.
-        method: a key of `SAMPLERS`: "em", "ode", "pc", "ddpm", "ddim", "heun" or "dpm2m".
+        method: a key of `SAMPLERS`: "em", "ode", "pc", "ddpm", "ddim", "heun", "dpm2m", "dpm3m"
+            or "unipc".
         steps: number of steps (default `SAMPLERS[method].default_steps`: em/pc/ddpm 1000, ddim 50,
-            heun 18, dpm2m 20; "ode" is adaptive unless a fixed-step `solver` is chosen, 100 steps
-            then).
+            heun 18, dpm2m/dpm3m/unipc 20; "ode" is adaptive unless a fixed-step `solver` is
+            chosen, 100 steps then).
         t_end: final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE).
         denoise: end with a Tweedie step E[x_0 | x_t_end] (default `SAMPLERS[method].denoises`: on
-            for em/pc, off for ode). ddpm, ddim, heun and dpm2m always end on x_0: True is a no-op
-            for them and False a ConfigError.
-        clip: (lo, hi) data range to clip predicted x_0 (ddpm/ddim/heun/dpm2m) and the final samples.
+            for em/pc, off for ode). ddpm, ddim, heun, dpm2m, dpm3m and unipc always end on x_0:
+            True is a no-op for them and False a ConfigError.
+        clip: (lo, hi) data range to clip predicted x_0 (ddpm, ddim and the few-step solvers) and
+            the final samples.
         progress: hook `progress(steps_done, total)` called from fixed-step methods.
         return_path: also return `info["path"]` (steps, num, *shape) and `info["path_t"]`.
         cond: optional dict of per-sample conditioning arrays (leading axis `num`), passed to the
@@ -423,8 +468,10 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
             `sgm.parallel.batch_sharding(mesh)`): samples are then drawn on all devices at once.
         options: the method's own options (`SAMPLERS[method].defaults`) — ode: solver ("tsit5",
             "dopri5", "euler", "heun", "midpoint"), rtol, atol, max_steps; pc: snr,
-            corrector_steps; ddim: eta; ddpm: variance ("posterior" or "forward"); heun: grid
-            ("karras", "logsnr", "time"), rho, s_churn, s_tmin, s_tmax, s_noise; dpm2m: grid, rho.
+            corrector_steps (None: 1 on VE, 0 on VP/SubVP); ddim: eta; ddpm: variance
+            ("posterior" or "forward"); heun: grid ("karras", "logsnr", "time"), rho, s_churn,
+            s_tmin, s_tmax, s_noise; dpm2m, dpm3m: grid, rho; unipc: grid, rho, order (1-3),
+            variant ("bh1", "bh2").
 
     Returns:
         `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.
@@ -449,7 +496,7 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
     elif entry.ends_on_x0 and not denoise:
         raise ConfigError(f"sampling method {method!r} always ends on Tweedie's x_0 at t_end, so "
                           f"denoise=False does not apply to it.")
-    settings = dict(steps=steps, t_end=t_end, denoise=bool(denoise),
-                    clip=None if clip is None else tuple(clip), return_path=return_path)
+    settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise),
+                "clip": None if clip is None else tuple(clip), "return_path": return_path}
     return _run(score, sde, tuple(shape), key, num, method, settings, progress, cond, sharding,
                 options)

@@ -13,6 +13,12 @@ nothing about noise. `ScoreModel` wraps it with one parameterisation, chosen by 
 
 The network input is x_t / sqrt(a^2 sigma_data^2 + s^2) (unit variance when the data has std
 sigma_data), so VE's large noise levels reach the network at unit scale.
+
+Mixed precision: with `dtype="bfloat16"` the network runs on bfloat16 copies of its weights and
+inputs (made at the call, so the stored parameters, their gradients and the optimiser state stay
+float32; equinox's GroupNorm/LayerNorm and attention softmax compute in float32 internally), and
+its output is cast back to the dtype of `x` before the parameterisation: the SDE, the loss, the
+samplers' and likelihoods' states all stay float32.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from .errors import ConfigError
 from .sde import AbstractSDE
 
 PREDICTIONS = ("eps", "score", "x0", "v", "edm")
+DTYPES = ("float32", "bfloat16")  # the network's compute dtype (parameters are float32 either way)
+
+
+def cast_floats(tree, dtype):
+    """Every floating-point array leaf of `tree` cast to `dtype` (integers, keys, statics kept)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
 class ScoreModel(eqx.Module):
@@ -35,23 +47,36 @@ class ScoreModel(eqx.Module):
         sde: the forward SDE whose marginals define a(t), s(t).
         prediction: what the network predicts: "eps", "score", "x0", "v" or "edm".
         sigma_data: data standard deviation used by the input scaling and EDM weights.
+        dtype: the network's compute dtype, "float32" or "bfloat16" (see the module docstring).
     """
 
     net: eqx.Module
     sde: AbstractSDE
     prediction: str = eqx.field(static=True, default="eps")
     sigma_data: float = eqx.field(static=True, default=1.0)
+    dtype: str = eqx.field(static=True, default="float32")
 
     def __check_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ConfigError(f"unknown score parameterisation {self.prediction!r}; expected one of "
                               f"{', '.join(PREDICTIONS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown compute dtype {self.dtype!r}; expected one of "
+                              f"{', '.join(DTYPES)}")
+
+    def _net(self, t, x_in, kw):
+        """The backbone at `x_in`, computed in `self.dtype`, returned in the dtype of `x_in`."""
+        if self.dtype == "float32":
+            return self.net(t, x_in, **kw)
+        low = jnp.dtype(self.dtype)  # t stays float32: the time features need its precision
+        out = cast_floats(self.net, low)(t, x_in.astype(low), **cast_floats(kw, low))
+        return out.astype(x_in.dtype)
 
     def __call__(self, t, x, *, key=None, **cond):
         a, s = self.sde.scale(t), self.sde.std(t)
         c_in = jax.lax.rsqrt(a**2 * self.sigma_data**2 + s**2)
         kw = dict(cond) if key is None else dict(cond, key=key)
-        out = self.net(t, c_in * x, **kw)
+        out = self._net(t, c_in * x, kw)
         if self.prediction == "eps":
             return -out / s
         if self.prediction == "score":
@@ -72,26 +97,32 @@ class ScoreModel(eqx.Module):
 
 
 class GuidedScore(eqx.Module):
-    """Classifier-free guidance (Ho & Salimans 2022) for a label-conditioned score model.
+    """Classifier-free guidance (Ho & Salimans 2022) for a label- or image-conditioned score model.
 
-        score = (1 + w) score(t, x | label) - w score(t, x | null)
+        score = (1 + w) score(t, x | c) - w score(t, x | null)
 
     With `label` set it is a plain `score(t, x)` every sampler accepts; with `label=None` the label
     is given per call, `score(t, x, label=...)` (per-sample labels through the samplers' `cond`).
-    `null_label` is the extra "no label" index the network was trained with (label dropout).
+    `null_label` is the extra "no label" index the network was trained with (label dropout). A
+    conditioning image comes per call, `score(t, x, image=...)`; its null is an image of NaNs
+    (what image dropout trained the network on), and `null_label` may then be None.
     """
 
     model: eqx.Module
     label: jax.Array | None
-    null_label: int = eqx.field(static=True)
+    null_label: int | None = eqx.field(static=True)
     weight: float = 1.0
 
-    def __call__(self, t, x, label=None):
+    def __call__(self, t, x, label=None, image=None):
         label = self.label if label is None else label
-        cond = self.model(t, x, label=label)
+        given = {k: v for k, v in (("label", label), ("image", image)) if v is not None}
+        cond = self.model(t, x, **given)
         if isinstance(self.weight, (int, float)) and self.weight == 0:
             return cond
-        uncond = self.model(t, x, label=jnp.asarray(self.null_label))
+        null = {"label": jnp.asarray(self.null_label)} if "label" in given else {}
+        if image is not None:
+            null["image"] = jnp.full_like(image, jnp.nan)
+        uncond = self.model(t, x, **null)
         return (1.0 + self.weight) * cond - self.weight * uncond
 
 

@@ -6,6 +6,10 @@ resume uses), their exponential moving average (what sampling and likelihoods us
 state, the step and the first step whose update was not finite. The randomness of step k is
 `fold_in(key, k)` and its batch is `batch_at(seed, k)`, so the step counter is the whole data-order
 and RNG state: a resumed run repeats an uninterrupted one bit for bit on the same machine.
+
+Buffers: the jitted step donates the state it is given (XLA writes the new state over the old one,
+so a step holds one copy of the weights, EMA and moments, not two), and the loop puts batch k + 1
+on the devices while step k runs; it waits for the devices only when it logs, evaluates or saves.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from .data import Preprocess
 from .errors import NumericalError
 from .nets import Conditioning
 
-
 # optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
@@ -41,10 +44,20 @@ class TrainState(eqx.Module):
     bad_step: jax.Array  # first step (counted from 1) whose loss or update was NaN/inf (-1: none)
 
 
+def _copy(tree):
+    """`tree` with every array leaf in a buffer of its own (same values, same sharding)."""
+    return jax.tree_util.tree_map(lambda a: jnp.copy(a) if isinstance(a, jax.Array) else a, tree)
+
+
 def init_state(model: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
-    """Step 0: the model, its EMA (a copy) and the optimiser state of its float arrays."""
+    """Step 0: the model, its EMA and the optimiser state of its float arrays.
+
+    Model and EMA are copies of `model`: the step donates the state's buffers, so they must not be
+    the caller's nor each other's.
+    """
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    return TrainState(model, model, opt_state, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    return TrainState(_copy(model), _copy(model), opt_state, jnp.zeros((), jnp.int32),
+                      jnp.full((), -1, jnp.int32))
 
 
 def _finite_norm(tree) -> jax.Array:
@@ -58,7 +71,10 @@ def _finite_norm(tree) -> jax.Array:
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, preprocess: Preprocess,
               *, ema: float, conditioning: Conditioning | None = None, grad_accum: int = 1) -> Callable:
-    """The jitted `step(state, x, cond, key) -> (state, loss)`.
+    """The jitted `step(state, x, cond, key) -> (state, loss)`, donating its arguments' buffers.
+
+    The `state` passed in (and the batch) must not be used after the call: their buffers may hold
+    the new state. Keep the returned state instead.
 
     Arguments:
         loss_fn: `loss_fn(model, x, cond, key) -> scalar` on a preprocessed batch, `cond` the
@@ -69,13 +85,14 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, prepro
         conditioning: turns the batch's raw conditions into keywords (label dropout included).
         grad_accum: micro-batches per step; their mean gradient is the batch's.
 
-    A step whose loss or updated state is not finite leaves the state as it was (but for the step
-    counter), records itself in `bad_step` and returns a NaN loss (so the loop counts it skipped).
+    A step whose loss or updated state is not finite returns the state as it was (but for the step
+    counter: selected inside the step, so a rejected update needs nothing the donation freed),
+    records itself in `bad_step` and returns a NaN loss (so the loop counts it skipped).
     """
     conditioning = Conditioning() if conditioning is None else conditioning
     value_and_grad = eqx.filter_value_and_grad(loss_fn)
 
-    @eqx.filter_jit
+    @eqx.filter_jit(donate="all")
     def step(state: TrainState, x, cond, key):
         k_pre, k_drop, k_loss = jax.random.split(key, 3)
         x = preprocess(k_pre, x)
@@ -166,9 +183,10 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
         progress: show a tqdm bar.
         metadata: stored in every checkpoint's manifest.
 
-    Only process 0 writes checkpoints; every process runs every step.
+    Only process 0 writes checkpoints; every process runs every step. Each step donates the state
+    it is given; the loop starts from a copy, so the caller's `state` stays valid.
     """
-    state = parallel.put_replicated(state, mesh)
+    state = _copy(parallel.put_replicated(state, mesh))
     start = int(parallel.gather(state.step))
     bar = None
     if progress:
@@ -196,11 +214,16 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
             ckpt.save(ckpt_dir, step, s, metadata, keep=keep_checkpoints)
             saved["step"] = step
 
+    def put(batch):  # host -> devices; returns at once, the copy runs in the background
+        return parallel.put_batch(batch if isinstance(batch, tuple) else (batch, None), mesh)
+
     with stop_on_signals() as flag:
+        ahead = put(next(batches)) if start < steps else None
         for k in range(start, steps):
-            batch = next(batches)
-            x, c = parallel.put_batch(batch if isinstance(batch, tuple) else (batch, None), mesh)
-            state, loss = step_fn(state, x, c, jax.random.fold_in(key, k))
+            (x, c), ahead = ahead, None
+            state, loss = step_fn(state, x, c, jax.random.fold_in(key, k))  # dispatched, not awaited
+            if k + 1 < steps:  # one-step prefetch: batch k + 1 travels while step k computes
+                ahead = put(next(batches))
             losses.append(loss)
             done = k + 1
             if done % log_every == 0 or done == steps:

@@ -25,7 +25,7 @@ from sgm import config as C  # noqa: E402
 from sgm.data import files  # noqa: E402
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-FROM_DISK = ("mnist", "cifar10", "flowers")
+FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers")
 COMPILE_HEAVY = (*FROM_DISK, "digits")
 TRAIN_ALL = os.environ.get("SGM_TEST_ALL_CONFIGS") == "1"
 
@@ -37,7 +37,7 @@ def _idx(a: np.ndarray) -> bytes:
 
 def _fake_data(name: str, root: Path, rng) -> None:
     root.mkdir(parents=True)
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):
         arrays = [rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 10, 6),
                   rng.integers(0, 256, (4, 28, 28)), rng.integers(0, 10, 4)]
         for stem, a in zip(files.MNIST_FILES, arrays, strict=True):

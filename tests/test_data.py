@@ -12,6 +12,7 @@ from scipy.stats import multivariate_normal
 
 from sgm import data
 from sgm.data import files, grf, images, toy
+from sgm.data import grf_superres as superres
 from sgm.errors import ConfigError, DataError
 
 # ------------------------------------------------------------------------------------ 2-D toys
@@ -316,7 +317,7 @@ def test_image_folder_errors(tmp_path):
         images.load_image_folder(tmp_path)
     (tmp_path / "top.png").unlink()
     (tmp_path / "cls" / ".hidden.png").write_bytes(b"not an image")  # skipped
-    x, labels, classes = images.load_image_folder(tmp_path)
+    x, _, classes = images.load_image_folder(tmp_path)
     assert x.shape == (1, 1, 4, 4) and classes == ("cls",)
 
 
@@ -401,3 +402,215 @@ def test_batches_process_sharding():
         data.Batches(y, 10, 0, process_count=4)
     with pytest.raises(ConfigError, match="batch_size"):
         data.batch_at(y, 101, 0, 0)
+
+
+# ------------------------------------------------------------------------------- a user's arrays
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_array_points_fields_and_images(tmp_path):
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(20, 3)), rng.normal(size=(5, 3))
+    ds = data.load("array", root=_npz(tmp_path / "p.npz", x=x, x_test=x_test))
+    assert ds.shape == (3,) and ds.train.dtype == np.float32 and ds.levels is None
+    np.testing.assert_allclose(ds.test, x_test.astype(np.float32))
+    assert data.load("array", root=tmp_path / "p.npz", n_train=7, n_test=2).test.shape == (2, 3)
+    # fields (N, H, W) gain a channel axis; a .npy file is x alone with a fixed held-out tenth
+    np.save(tmp_path / "f.npy", rng.normal(size=(30, 4, 4)).astype(np.float32))
+    ds = data.load("array", root=tmp_path / "f.npy")
+    assert ds.shape == (1, 4, 4) and ds.train.shape[0] == 27 and ds.test.shape[0] == 3
+    again = data.load("array", root=tmp_path / "f.npy", seed=5)
+    np.testing.assert_array_equal(ds.test, again.test)  # the split ignores the seed
+    both = np.concatenate([ds.train, ds.test]).reshape(30, -1)
+    assert len(np.unique(both, axis=0)) == 30  # train and test partition the samples
+    ds = data.load("array", root=tmp_path / "f.npy", n_test=10)
+    assert ds.train.shape[0] == 20 and ds.test.shape[0] == 10
+    # discrete images with their levels and labels
+    img = rng.integers(0, 17, (12, 1, 6, 6), dtype=np.uint8)
+    lab = rng.integers(0, 3, 12)
+    ds = data.load("array", root=_npz(tmp_path / "d.npz", x=img, levels=17, labels=lab), n_test=4)
+    assert ds.levels == 17 and ds.train.dtype == np.uint8 and ds.num_classes == int(lab.max()) + 1
+    assert ds.train_cond.dtype == np.int32 and ds.test_cond.shape == (4,)
+
+
+def test_array_parameters_and_conditioning_images(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 2, 8, 8)).astype(np.float32)
+    ds = data.load("array", root=_npz(tmp_path / "p.npz", x=x, params=rng.uniform(size=10)),
+                   n_test=2)
+    assert ds.param_dim == 1 and ds.train_cond.shape == (8, 1) and ds.cond_shape is None
+    cond, cond_test = rng.normal(size=(10, 4, 4)), rng.normal(size=(3, 4, 4))
+    ds = data.load("array", root=_npz(tmp_path / "c.npz", x=x, cond=cond, x_test=x[:3],
+                                      cond_test=cond_test))
+    assert ds.cond_shape == (1, 4, 4) and ds.train_cond.shape == (10, 1, 4, 4)
+    assert ds.test_cond.dtype == np.float32 and ds.num_classes is None and ds.param_dim is None
+    np.testing.assert_allclose(ds.test_cond[:, 0], cond_test.astype(np.float32))
+
+
+def _bad_cases(tmp_path):
+    """(what the file holds, how to load it, the error's class, a pattern of its message)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    img = rng.normal(size=(10, 1, 4, 4)).astype(np.float32)
+    nan, inf = x.copy(), img[:, 0].copy()
+    nan[3, 1], inf[2, 0, 0] = np.nan, np.inf
+    ragged = np.empty(10, dtype=object)
+    ragged[:] = [np.zeros(i) for i in range(10)]
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all")
+    np.save(tmp_path / "objects.npy", ragged, allow_pickle=True)
+    return {
+        "missing file": (tmp_path / "absent.npz", DataError, "absent.npz does not exist"),
+        "no root": (None, ConfigError, "needs data.root"),
+        "not npz": (tmp_path / "garbage.npz", DataError, "garbage.npz is neither an .npz nor"),
+        "missing x": ({"labels": np.zeros(10, int)}, DataError, "lacks the key x"),
+        "unknown key": ({"x": x, "label": np.zeros(10, int)}, DataError, "unknown keys label"),
+        "object array": ({"x": x, "params": ragged}, DataError, r"\(params\) holds an object"),
+        "object npy": (tmp_path / "objects.npy", DataError, "object array or pickled"),
+        "nan x": ({"x": nan}, DataError, r"\(x\) holds NaN or inf"),
+        "inf cond": ({"x": img, "cond": inf}, DataError, r"\(cond\) holds NaN or inf"),
+        "nan x_test": ({"x": x, "x_test": nan}, DataError, r"\(x_test\) holds NaN"),
+        "labels length": ({"x": x, "labels": np.zeros(9, int)}, DataError,
+                          r"\(labels\) has 9 rows: expected 10"),
+        "params length": ({"x": x, "params": np.zeros((11, 2))}, DataError, "11 rows"),
+        "test shape": ({"x": x, "x_test": x[:, :2]}, DataError, r"\(x_test\) has samples of shape"),
+        "cond_test shape": ({"x": img, "cond": img, "x_test": img, "cond_test": img[:, :, :2]},
+                            DataError, r"\(cond_test\) has shape"),
+        "float labels": ({"x": x, "labels": np.zeros(10)}, DataError, "expected integer class"),
+        "negative labels": ({"x": x, "labels": -np.ones(10, int)}, DataError, "negative labels"),
+        "complex x": ({"x": x.astype(np.complex64)}, DataError, "dtype complex64: expected floats"),
+        "string params": ({"x": x, "params": np.array(["a"] * 10)}, DataError, "dtype <U1"),
+        "ints without levels": ({"x": img.astype(np.uint8)}, DataError, "expected a `levels`"),
+        "levels with floats": ({"x": x, "levels": 256}, DataError, "holds floats but"),
+        "levels exceeded": ({"x": np.full((10, 2), 9, np.uint8), "levels": 4}, DataError,
+                            r"values in \[9, 9\]: expected integer levels 0..3"),
+        "bad levels": ({"x": np.zeros((10, 2), np.uint8), "levels": 1.5}, DataError,
+                       "levels=.* expected one integer"),
+        "5-d x": ({"x": np.zeros((10, 1, 1, 2, 2))}, DataError, "expected .N, D. points"),
+        "two conditions": ({"x": x, "labels": np.zeros(10, int), "params": x}, DataError,
+                           "labels and params: expected at most one"),
+        "test without train": ({"x": x, "x_test": x, "labels_test": np.zeros(10, int)}, DataError,
+                               "labels_test without labels"),
+        "train without test": ({"x": x, "x_test": x, "labels": np.zeros(10, int)}, DataError,
+                               "no labels_test"),
+        "cond larger than x": ({"x": img[:, :, :2, :2], "cond": img}, DataError,
+                               "no larger than the samples"),
+        "cond of points": ({"x": x, "cond": img}, DataError, "need image data x"),
+        "too few to hold out": ({"x": x[:1]}, DataError, "too few to hold out 1"),
+    }
+
+
+def test_array_bad_inputs_have_one_line_errors(tmp_path):
+    for what, (content, cls, pattern) in _bad_cases(tmp_path).items():
+        root = _npz(tmp_path / "bad.npz", **content) if isinstance(content, dict) else content
+        with pytest.raises(cls, match=pattern) as e:
+            data.load("array", root=root)
+        assert "\n" not in str(e.value), what
+    with pytest.raises(ConfigError, match="image_size"):
+        data.load("array", root=tmp_path / "bad.npz", image_size=8)
+
+
+def test_array_errors_exit_2_from_the_command_line(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import main
+
+    _npz(tmp_path / "bad.npz", x=np.zeros((10, 2)), x_test=np.full((2, 2), np.nan))
+    argv = [str(root / "configs" / "eight_gaussians.py"), "--workdir", str(tmp_path / "run"),
+            "--set", "data.name=array", f"data.root={tmp_path / 'bad.npz'}"]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bad.npz (x_test) holds NaN or inf" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+# --------------------------------------------------------------------------------- Fashion-MNIST
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        data.load("fashion_mnist", root=tmp_path / "absent")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not data.FASHION_MNIST_ROOT.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_real_files_load_and_train_two_steps(tmp_path):
+    import sys
+    from pathlib import Path
+
+    ds = data.load("fashion_mnist")
+    assert ds.train.shape == (60000, 1, 28, 28) and ds.test.shape == (10000, 1, 28, 28)
+    assert ds.levels == 256 and ds.num_classes == 10
+    assert np.bincount(ds.train_cond).tolist() == [6000] * 10  # the balanced official split
+    assert np.bincount(ds.test_cond).tolist() == [1000] * 10
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import main
+
+    # the shipped config on the real files, with a network small enough to compile in seconds
+    argv = [str(root / "configs" / "fashion_mnist.py"), "--workdir", str(tmp_path / "run"),
+            "--mode", "train", "--no-progress", "--set", "train.steps=2", "train.batch_size=8",
+            "train.log_every=1", "train.eval_num=2", "data.n_test=2", "model.base=8",
+            "model.channel_mults=1,2", "model.num_res_blocks=1", "model.attn_resolutions=",
+            "model.heads=2"]
+    assert main.main(argv) == 0
+    assert (tmp_path / "run" / "checkpoints" / "ckpt_000000002.npz").is_file()
+
+
+# ------------------------------------------------------------------- GRF super-resolution
+
+
+def _dense_lowpass(n, cutoff):
+    """The low-pass operator L as a dense (n*n, n*n) matrix, applied to each basis field."""
+    eye = np.eye(n * n).reshape(-1, n, n)
+    m = superres.lowpass_mask(n, cutoff)
+    cols = np.fft.ifft2(m * np.fft.fft2(eye, norm="ortho"), norm="ortho")
+    assert np.abs(cols.imag).max() < 1e-12  # a symmetric mask keeps fields real
+    return cols.real.reshape(n * n, n * n).T
+
+
+def test_grf_superres_posterior_matches_dense_gaussian_conditioning():
+    n, spec = 6, {"amplitude": 1.3, "slope": 2.5, "cutoff": 1.5, "noise_std": 0.2}
+    rng = np.random.default_rng(0)
+    c = grf.covariance(n, spec["amplitude"], spec["slope"])
+    lmat = _dense_lowpass(n, spec["cutoff"])
+    x = grf.sample_fields(n, spec["amplitude"], spec["slope"], rng)
+    y = superres.observe(x, rng, cutoff=spec["cutoff"], noise_std=spec["noise_std"])
+    # y - L x is the white noise: the observation is the dense operator's
+    assert np.std(y.reshape(-1) - lmat @ x.reshape(-1)) == pytest.approx(0.2, rel=0.5)
+    # brute force: joint Gaussian (x, y), conditioned by the Schur complement
+    s_yy = lmat @ c @ lmat.T + spec["noise_std"] ** 2 * np.eye(n * n)
+    k = c @ lmat.T @ np.linalg.inv(s_yy)
+    mean, cov = k @ y.reshape(-1), c - k @ lmat @ c
+    np.testing.assert_allclose(superres.posterior_mean(y, **spec).reshape(-1), mean, atol=1e-10)
+    for xs in (x, grf.sample_fields(n, 1.0, 2.0, rng)):  # the true field and another one
+        dense = multivariate_normal(mean, cov, allow_singular=False).logpdf(xs.reshape(-1))
+        np.testing.assert_allclose(superres.log_prob(xs, y, **spec), dense, rtol=1e-9)
+    _, logdet = np.linalg.slogdet(2 * math.pi * math.e * cov)
+    assert superres.entropy(n, **spec) == pytest.approx(0.5 * logdet, rel=1e-10)
+    # exact posterior draws have the dense mean and covariance
+    draws = superres.posterior_sample(np.broadcast_to(y, (20000, n, n)), rng, **spec)
+    draws = draws.reshape(20000, -1)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=5 * np.sqrt(cov.diagonal().max() / 2e4))
+    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.05 * cov.diagonal().max())
+
+
+def test_grf_superres_dataset_density_and_entropy():
+    ds = data.load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
+    assert ds.shape == ds.cond_shape == (1, 8, 8) and ds.train_cond.shape == (50, 1, 8, 8)
+    nll = -ds.log_prob(ds.test, ds.test_cond)
+    # the exact density is the one the data were drawn from: its mean NLL is the entropy
+    assert abs(nll.mean() - ds.entropy) < 4 * nll.std() / math.sqrt(nll.size)
+    shuffled = -ds.log_prob(ds.test, ds.test_cond[::-1])
+    assert shuffled.mean() > ds.entropy + 10 * nll.std() / math.sqrt(nll.size)
+    again = data.load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
+    np.testing.assert_array_equal(ds.test_cond, again.test_cond)
+    with pytest.raises(DataError, match="noise_std"):
+        superres.posterior_modes(8, noise_std=0.0)

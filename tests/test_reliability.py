@@ -344,7 +344,7 @@ def test_ctrl_c_while_sampling_writes_no_samples(tmp_path):
     base = [sys.executable, str(ROOT / "main.py"), "--workdir", str(wd), "--no-progress"]
     small = ["--set", *SMALL, "train.steps=2"]
     subprocess.run(base + ["--mode", "train"] + small, check=True, capture_output=True)
-    proc = subprocess.Popen(base + ["--mode", "sample"] + small + ["sample.steps=60000", "sample.num=256"],
+    proc = subprocess.Popen(base + ["--mode", "sample"] + small + ["sample.steps=150000", "sample.num=256"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(10)  # past start-up (a signal during `import jax` is not ours to handle)
     proc.send_signal(signal.SIGINT)

@@ -66,18 +66,26 @@ def exact_moments():
 # against the exact flow) or "weak" (stochastic: error of the mean and std of many samples).
 # pc runs with a small snr: its Langevin corrector's step is set by snr, not by the time step, and
 # leaves a bias O(snr^2) that does not shrink with the step (at snr = 0.16 it dominates by 64
-# steps); at snr = 0.02 the predictor's order shows.
+# steps); at snr = 0.02 the predictor's order shows (pc's default runs no corrector on VP, so it
+# is asked for one here). dpm3m's global order 2 comes from its first-order first step (its later
+# steps are third order: the slope over 16-64 steps is 2.2). unipc's corrected first step has a
+# local error O(h^3) and its later steps are of order 4, so in float32 (errors 4e-4 .. 3e-6 over
+# 16-64 steps) the slope is 3.5; in float64 over 64-256 steps (X64_CASES) it is 3.0.
 ORDER_CASES = {
     "em": ({}, (8, 16, 32), "weak"),
-    "ode": (dict(solver="euler"), (8, 16, 32), "path"),
-    "pc": (dict(snr=0.02), (8, 16, 32), "weak"),
+    "ode": ({"solver": "euler"}, (8, 16, 32), "path"),
+    "pc": ({"snr": 0.02, "corrector_steps": 1}, (8, 16, 32), "weak"),
     "ddpm": ({}, (8, 16, 32), "weak"),
     "ddim": ({}, (8, 16, 32), "path"),
     "heun": ({}, (16, 32, 64), "path"),
     "dpm2m": ({}, (16, 32, 64), "path"),
+    "dpm3m": ({}, (16, 32, 64), "path"),
+    "unipc": ({}, (64, 128, 256), "path"),
 }
+X64_CASES = {"unipc"}  # errors below float32's resolution: the fit runs in float64
 # The ODE's other fixed-step solvers, held to diffrax's own order().
-EXTRA_CASES = {f"ode-{s}": ("ode", dict(solver=s), (8, 16, 32), "path") for s in ("heun", "midpoint")}
+EXTRA_CASES = {f"ode-{s}": ("ode", {"solver": s}, (8, 16, 32), "path")
+               for s in ("heun", "midpoint")}
 WEAK_SAMPLES = 100_000
 
 
@@ -122,17 +130,19 @@ def test_declared_order(case):
     else:
         method, options, steps, kind = EXTRA_CASES[case]
         order = ODE_SOLVERS[options["solver"]][0]().order(diffrax.ODETerm(lambda t, y, a: y))
-    errs = _errors(method, options, steps, kind)
+    with jax.enable_x64(case in X64_CASES):
+        errs = _errors(method, options, steps, kind)
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(slope - order) < 0.3, (case, errs, slope, order)
     assert errs[-1] < errs[0] / 3, errs
 
 
 NFE_CASES = [(m, {}) for m in SAMPLERS] + [
-    ("em", dict(denoise=False)), ("ode", dict(denoise=True)), ("ode", dict(solver="euler")),
-    ("ode", dict(solver="heun", denoise=True)), ("ode", dict(solver="midpoint")),
-    ("pc", dict(corrector_steps=2)), ("pc", dict(denoise=False, corrector_steps=0)),
-    ("heun", dict(s_churn=2.0)), ("ddim", dict(eta=1.0)), ("ddpm", dict(variance="forward")),
+    ("em", {"denoise": False}), ("ode", {"denoise": True}), ("ode", {"solver": "euler"}),
+    ("ode", {"solver": "heun", "denoise": True}), ("ode", {"solver": "midpoint"}),
+    ("pc", {"corrector_steps": 2}), ("pc", {"denoise": False, "corrector_steps": 0}),
+    ("heun", {"s_churn": 2.0}), ("ddim", {"eta": 1.0}), ("ddpm", {"variance": "forward"}),
+    ("unipc", {"order": 1}), ("unipc", {"order": 2, "variant": "bh1"}), ("dpm3m", {"grid": "time"}),
 ]
 
 
@@ -145,7 +155,7 @@ def test_nfe_is_declared_and_counted(method, kw):
     steps = None if entry.default_steps is None else 3
     reported, counted = count_score_calls(sgm.VPSDE(), method, steps=steps, denoise=denoise, **kw)
     assert reported == counted
-    declared = entry.nfe(steps, denoise=denoise, **kw)
+    declared = entry.nfe(steps, denoise=denoise, sde=sgm.VPSDE(), **kw)
     if method == "ode" and kw.get("solver", "tsit5") in ("tsit5", "dopri5"):
         assert declared is None
     else:
@@ -171,9 +181,19 @@ def test_unknown_option_names_method_and_valid_options(method):
 @pytest.mark.parametrize("method", [m for m, e in SAMPLERS.items() if e.ends_on_x0])
 def test_denoise_on_methods_that_end_on_x0(method):
     """denoise=True is a no-op for them (they end on Tweedie's x_0); denoise=False is refused."""
-    kw = dict(key=jax.random.key(0), num=8, method=method, steps=4)
+    kw = {"key": jax.random.key(0), "num": 8, "method": method, "steps": 4}
     a, _ = sgm.sample(SCORE, SDE, (3,), **kw)
     b, _ = sgm.sample(SCORE, SDE, (3,), denoise=True, **kw)
     np.testing.assert_array_equal(a, b)
     with pytest.raises(sgm.ConfigError, match=f"{method!r} always ends on Tweedie"):
         sgm.sample(SCORE, SDE, (3,), denoise=False, **kw)
+
+
+@pytest.mark.parametrize("sde,expected", [(sgm.VPSDE(), 4), (sgm.SubVPSDE(), 4), (sgm.VESDE(), 7)])
+def test_pc_default_corrector_depends_on_the_sde(sde, expected):
+    """pc's default: the predictor alone on VP/SubVP, one Langevin step on VE (3 steps, Tweedie)."""
+    reported, counted = count_score_calls(sde, "pc", steps=3)
+    assert reported == counted == expected == SAMPLERS["pc"].nfe(3, sde=sde)
+    with pytest.raises(TypeError, match="sde"):
+        SAMPLERS["pc"].nfe(3)
+    assert SAMPLERS["pc"].nfe(3, corrector_steps=1) == 7

@@ -1,9 +1,10 @@
-"""Datasets: embedded 2-D toys, 8x8 digits, Gaussian random fields, and image files from disk.
+"""Datasets: embedded 2-D toys, 8x8 digits, Gaussian random fields, image files and a user's arrays.
 
 `load(name, ...)` returns a `Dataset`: numpy train/test arrays in data units (float32 for
-continuous data, uint8 integer levels for discrete data), their conditioning (labels or
-parameters), and, where the density is known exactly, `log_prob` and `entropy` to hold a model's
-likelihood against. Scaling to the network's range lives in `transforms`, batching in `loader`.
+continuous data, uint8 integer levels for discrete data), their conditioning (labels, parameters
+or conditioning images), and, where the density is known exactly, `log_prob` and `entropy` to
+hold a model's likelihood against. Scaling to the network's range lives in `transforms`,
+batching in `loader`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgm.data import digits, files, grf, images, toy
+from sgm.data import arrays, digits, files, grf, grf_superres, images, toy
 from sgm.data.loader import Batches, batch_at, epoch_permutation
 from sgm.data.transforms import Preprocess, discrete_log_det
 from sgm.errors import ConfigError, DataError
@@ -26,20 +27,27 @@ __all__ = [
     "Batches",
     "Dataset",
     "Preprocess",
+    "arrays",
     "batch_at",
     "digits",
     "discrete_log_det",
     "epoch_permutation",
     "files",
     "grf",
+    "grf_superres",
     "images",
     "load",
     "toy",
 ]
 
 #: datasets `load` knows, embedded first, then those read from disk
-NAMES: tuple[str, ...] = (*toy.NAMES, "digits", "grf", "mnist", "cifar10", "flowers", "folder")
-_FILE_DATASETS = ("mnist", "cifar10", "flowers", "folder")
+NAMES: tuple[str, ...] = (
+    *toy.NAMES, "digits", "grf", "grf_superres",
+    "mnist", "fashion_mnist", "cifar10", "flowers", "folder", "array",
+)
+_FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "flowers", "folder")
+#: where Debian's package dataset-fashion-mnist installs the four idx files
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _TAG = 0xDA7A  # keeps data-generation streams apart from the loader's (seed, epoch) streams
 
 
@@ -50,12 +58,15 @@ class Dataset:
     Attributes:
         name: registry name.
         train, test: `(N, *shape)` arrays in data units (uint8 levels when `levels` is set).
-        train_cond, test_cond: int32 labels `(N,)`, float32 parameters `(N, param_dim)`, or None.
+        train_cond, test_cond: int32 labels `(N,)`, float32 parameters `(N, param_dim)`, float32
+            conditioning images `(N, *cond_shape)`, or None.
         shape: per-sample shape.
         levels: number of integer levels of discrete data (17 digits, 256 images), None if
             continuous.
         num_classes: number of labels when `*_cond` are labels, else None.
         param_dim: length of the parameter vector when `*_cond` are parameters, else None.
+        cond_shape: `(C', h, w)` of one conditioning image when `*_cond` are images (h, w no
+            larger than the samples' H, W), else None.
         log_prob: exact `log_prob(x (B, *shape), cond=None) -> (B,)` in nats, or None.
         entropy: exact differential entropy in nats per sample (for conditional data, the mean
             over the test set's conditions), or None.
@@ -72,8 +83,19 @@ class Dataset:
     param_dim: int | None = None
     log_prob: Callable[..., np.ndarray] | None = None
     entropy: float | None = None
+    cond_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if sum(v is not None for v in (self.num_classes, self.param_dim, self.cond_shape)) > 1:
+            raise DataError(f"Dataset {self.name!r} sets more than one of num_classes, param_dim "
+                            "and cond_shape: expected one kind of condition.")
+        if self.cond_shape is not None and (
+            len(self.shape) != 3 or len(self.cond_shape) != 3
+            or self.cond_shape[1] > self.shape[1] or self.cond_shape[2] > self.shape[2]
+        ):
+            raise DataError(f"Dataset {self.name!r} has conditioning images of shape "
+                            f"{self.cond_shape}: expected (C', h, w) no larger than its samples "
+                            f"{self.shape}.")
         for part in ("train", "test"):
             x, cond = getattr(self, part), getattr(self, f"{part}_cond")
             if tuple(x.shape[1:]) != tuple(self.shape):
@@ -90,6 +112,13 @@ class Dataset:
                 raise DataError(
                     f"Dataset {self.name!r} {part}_cond has {cond.shape[0]} rows: expected "
                     f"{x.shape[0]}, one per sample."
+                )
+            if self.cond_shape is not None and (
+                cond is None or tuple(cond.shape[1:]) != tuple(self.cond_shape)
+            ):
+                raise DataError(
+                    f"Dataset {self.name!r} {part}_cond has shape "
+                    f"{None if cond is None else cond.shape}: expected (N, *{self.cond_shape})."
                 )
             if self.levels is not None and x.size and (x.min() < 0 or x.max() >= self.levels):
                 raise DataError(
@@ -110,7 +139,7 @@ class Dataset:
             f"Dataset(name={self.name!r}, train={desc(self.train)}, test={desc(self.test)}, "
             f"train_cond={desc(self.train_cond)}, test_cond={desc(self.test_cond)}, "
             f"shape={self.shape}, levels={self.levels}, num_classes={self.num_classes}, "
-            f"param_dim={self.param_dim}, entropy={self.entropy})"
+            f"param_dim={self.param_dim}, cond_shape={self.cond_shape}, entropy={self.entropy})"
         )
 
 
@@ -121,6 +150,10 @@ def _toy_log_prob(name: str, x, cond=None) -> np.ndarray:
 def _grf_log_prob(x, cond) -> np.ndarray:
     x, cond = np.asarray(x), np.asarray(cond)
     return grf.log_prob(x[..., 0, :, :], cond[..., 0], cond[..., 1])
+
+
+def _superres_log_prob(x, cond) -> np.ndarray:
+    return grf_superres.log_prob(np.asarray(x)[..., 0, :, :], np.asarray(cond)[..., 0, :, :])
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -148,14 +181,19 @@ def load(
 
     Args:
         name: moons, eight_gaussians, checkerboard, swiss_roll, circles (2-D toys), digits, grf,
-            mnist, cifar10, flowers or folder (any folder of images).
-        root: folder of a dataset read from disk; default `data/<name>`.
+            grf_superres (a GRF given its noisy low-pass observation, `sgm.data.grf_superres`),
+            mnist, fashion_mnist, cifar10, flowers, folder (any folder of images) or array (a
+            user's own arrays, see `sgm.data.arrays`).
+        root: folder of a dataset read from disk (default `data/<name>`; for fashion_mnist the
+            folder Debian's `dataset-fashion-mnist` installs); for `array`, the `.npz`/`.npy`
+            file (required).
         n_train, n_test: number of examples. Generated sets default to 50000/10000 (toys) and
-            10000/1000 (grf); sets from disk default to all and take the first n when given (for
-            image folders, the default test part is a fixed tenth of the images).
-        image_size: grid size of the grf (default 32); for images, resize the shorter side and
-            centre-crop to this size (default: keep the stored size).
-        seed: seed of generated data (toys, grf); other sets ignore it.
+            10000/1000 (grf, grf_superres); sets from disk default to all and take the first n
+            when given (for image folders and arrays without `x_test`, the test part is a fixed
+            subset of n_test, default a tenth, of the samples).
+        image_size: grid size of the grf (default 32) and grf_superres (default 16); for images,
+            resize the shorter side and centre-crop to this size (default: keep the stored size).
+        seed: seed of generated data (toys, grf, grf_superres); other sets ignore it.
     """
     if name not in NAMES:
         raise DataError(f"Unknown dataset {name!r}: expected one of {', '.join(NAMES)}.")
@@ -179,13 +217,25 @@ def load(
             name, train, test, train_p, test_p, (1, n, n),
             param_dim=2, log_prob=_grf_log_prob, entropy=entropy,
         )  # fmt: skip
+    if name == "grf_superres":
+        n = image_size or 16
+        train, train_y = grf_superres.sample(n_train or 10_000, n, _rng(seed, 0))
+        test, test_y = grf_superres.sample(n_test or 1_000, n, _rng(seed, 1))
+        return Dataset(
+            name, train, test, train_y, test_y, (1, n, n), cond_shape=(1, n, n),
+            log_prob=_superres_log_prob, entropy=grf_superres.entropy(n),
+        )  # fmt: skip
+    if name == "array":
+        return _from_arrays(root, n_train, n_test, image_size)
     if name == "digits":
         if image_size not in (None, 8):
             raise ConfigError(f"Digits are 8x8; image_size must be 8 or None, got {image_size}.")
         x_train, y_train, x_test, y_test = digits.load_digits()
         levels, num_classes = digits.LEVELS, 10
     else:
-        root = Path(root) if root is not None else Path("data") / name
+        if root is None:
+            root = FASHION_MNIST_ROOT if name == "fashion_mnist" else Path("data") / name
+        root = Path(root)
         x_train, y_train, x_test, y_test, num_classes = _from_disk(name, root, image_size, n_test)
         if name in ("flowers", "folder"):
             n_test = None  # already held out
@@ -198,9 +248,29 @@ def load(
     )  # fmt: skip
 
 
+def _from_arrays(root, n_train, n_test, image_size) -> Dataset:
+    if image_size is not None:
+        raise ConfigError("image_size does not apply to data.name='array': store the arrays at "
+                          "the size to train on.")
+    a = arrays.load_arrays(root, n_test=n_test)
+    x_train, c_train = _subset("array", a.x_train, a.cond_train, n_train, "training")
+    x_test, c_test = _subset("array", a.x_test, a.cond_test, n_test, "test")  # split: no-op
+    shape = tuple(x_train.shape[1:])
+    return Dataset(
+        "array", x_train, x_test, c_train, c_test, shape, levels=a.levels,
+        num_classes=a.num_classes,
+        param_dim=c_train.shape[1] if a.kind == "params" else None,
+        cond_shape=tuple(c_train.shape[1:]) if a.kind == "cond" else None,
+    )  # fmt: skip
+
+
 def _from_disk(name: str, root: Path, image_size: int | None, n_test: int | None):
     """(x_train, y_train, x_test, y_test, num_classes) of an image dataset read from `root`."""
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):
+        if name == "fashion_mnist" and not root.exists():
+            raise DataError(f"Fashion-MNIST not found in {root}: install it with `apt-get install "
+                            "dataset-fashion-mnist`, or set data.root to a folder of its idx "
+                            "files.")
         x_train, y_train, x_test, y_test = files.load_mnist(root)
         num_classes = 10
     elif name == "cifar10":

@@ -155,7 +155,7 @@ def log_prob(name: str, x: Float[np.ndarray, "*batch 2"]) -> Float[np.ndarray, "
     return np.where(inside, -math.log(32.0), -np.inf)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eight_gaussians_entropy(order: int = 80) -> float:
     """H = -E log p by tensor Gauss-Hermite quadrature on one component (all 8 are alike by
     symmetry: the mixture is invariant under the rotations that permute its components)."""

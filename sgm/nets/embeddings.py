@@ -1,4 +1,4 @@
-"""Conditioning embeddings shared by every network: time, class label, parameter vector.
+"""Conditioning shared by every network: time, class label and parameter embeddings; images.
 
 A network turns its conditioning `(t, label, param)` into one vector `emb` of size `dim`:
 
@@ -87,8 +87,9 @@ class TimeEmbedding(eqx.Module):
         self.linear2 = eqx.nn.Linear(dim, dim, key=k2)
 
     def __call__(self, t: Time) -> Float[Array, " dim"]:
-        """Embed a scalar time `t` into a `(dim,)` vector."""
-        return self.linear2(jax.nn.silu(self.linear1(time_features(t, self.features))))
+        """Embed a scalar time `t` into a `(dim,)` vector (in the dtype of the weights)."""
+        features = time_features(t, self.features).astype(self.linear1.weight.dtype)
+        return self.linear2(jax.nn.silu(self.linear1(features)))
 
 
 class ConditionEmbedding(eqx.Module):
@@ -152,7 +153,8 @@ class ConditionEmbedding(eqx.Module):
                 raise ValueError(
                     f"This network needs `param`, a vector of length {self.param_dim}."
                 )
-            emb = emb + self.param(jnp.asarray(param, jnp.float32).reshape(self.param_dim))
+            dtype = self.param.layers[0].weight.dtype  # float32, or the mixed-precision dtype
+            emb = emb + self.param(jnp.asarray(param, dtype).reshape(self.param_dim))
         return emb
 
 
@@ -180,31 +182,56 @@ def drop_labels(
     return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
 
+def drop_images(
+    key: Key, images: Float[Array, "batch c h w"], p: float
+) -> Float[Array, "batch c h w"]:
+    """Replace each conditioning image independently by the null image (all NaN) with probability
+    `p`: classifier-free guidance for image conditions (Ho & Salimans 2022)."""
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"image drop probability must lie in [0, 1], got {p}.")
+    drop = jax.random.bernoulli(key, p, images.shape[:1]).reshape(-1, *([1] * (images.ndim - 1)))
+    return jnp.where(drop, jnp.nan, images)
+
+
 class Conditioning(eqx.Module):
     """What a network is conditioned on, and how a batch's raw conditions become its keywords.
 
     `kind` is "label" (integer class labels, the null label `num_classes` for classifier-free
-    guidance), "param" (float parameter vectors) or None (unconditional). Called on a batch of raw
-    conditions it returns the keyword dict the networks take (`{"label": ...}`, `{"param": ...}` or
-    `{}`); with a `key` and `label_dropout > 0` each label is replaced by the null label with that
-    probability (training for guidance).
+    guidance), "param" (float parameter vectors), "image" (conditioning images, standardised as
+    `(image - image_shift) / image_scale`; an all-NaN image is the null) or None (unconditional).
+    Called on a batch of raw conditions it returns the keyword dict the networks take
+    (`{"label": ...}`, `{"param": ...}`, `{"image": ...}` or `{}`); with a `key` and
+    `label_dropout > 0` each label or image is replaced by the null with that probability
+    (training for guidance).
     """
 
     kind: str | None = eqx.field(static=True, default=None)
     num_classes: int | None = eqx.field(static=True, default=None)
     label_dropout: float = eqx.field(static=True, default=0.0)
+    image_shift: float = eqx.field(static=True, default=0.0)
+    image_scale: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
-        if self.kind not in (None, "label", "param"):
-            raise ConfigError(f"unknown conditioning {self.kind!r}; expected 'label', 'param' or None.")
+        if self.kind not in (None, "label", "param", "image"):
+            raise ConfigError(f"unknown conditioning {self.kind!r}; expected 'label', 'param', "
+                              "'image' or None.")
         if self.kind == "label" and not self.num_classes:
             raise ConfigError("label conditioning needs the number of classes.")
+        if not (math.isfinite(self.image_shift) and math.isfinite(self.image_scale)
+                and self.image_scale > 0):
+            raise ConfigError(f"image conditioning needs a finite shift and a positive scale, got "
+                              f"{self.image_shift} and {self.image_scale}.")
 
     def __call__(self, cond, *, key: Key | None = None) -> dict:
         if self.kind is None or cond is None:
             return {}
-        if self.kind == "label" and key is not None and self.label_dropout > 0:
+        drop = key is not None and self.label_dropout > 0
+        if self.kind == "label" and drop:
             cond = drop_labels(key, cond, self.label_dropout, self.num_classes)
+        if self.kind == "image":
+            cond = (jnp.asarray(cond, jnp.float32) - self.image_shift) / self.image_scale
+            if drop:
+                cond = drop_images(key, cond, self.label_dropout)
         return {self.kind: cond}
 
 
@@ -214,13 +241,37 @@ def image_hw(image_size) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def image_input_channels(cond_channels: int) -> int:
+    """Channels a conditioning image adds to the network input: its own and a presence flag."""
+    return cond_channels + 1 if cond_channels else 0
+
+
+def present_or_null(image: Array) -> tuple[Array, Array]:
+    """`(image, 1)` for a conditioning image, `(zeros, 0)` for the null image (any NaN in it).
+
+    The flag tells the network apart the null from an image that happens to be zero.
+    """
+    null = jnp.any(jnp.isnan(image))
+    return jnp.where(null, 0.0, image), jnp.where(null, 0.0, 1.0)
+
+
 def with_condition_image(net: str, x: Image, image: Image | None, cond_channels: int) -> Image:
-    """`x` with the conditioning image concatenated along channels, checking it is as built."""
+    """`x` with the conditioning image and its presence flag concatenated along channels.
+
+    An image smaller than `x` is resized (bilinear) to `x`'s height and width first; an image of
+    NaNs is the null condition (classifier-free guidance), entered as zeros with flag 0.
+    """
     hw = x.shape[1:]
     if cond_channels:
-        if image is None or image.shape != (cond_channels, *hw):
-            raise ValueError(f"This {net} needs `image` of shape {(cond_channels, *hw)}.")
-        return jnp.concatenate([x, image.astype(x.dtype)])
+        if (image is None or image.ndim != 3 or image.shape[0] != cond_channels
+                or image.shape[1] > hw[0] or image.shape[2] > hw[1]):
+            got = None if image is None else image.shape
+            raise ValueError(f"This {net} needs `image` of shape ({cond_channels}, h, w) with "
+                             f"h, w at most {tuple(hw)}, got {got}.")
+        image, flag = present_or_null(image.astype(x.dtype))
+        if image.shape[1:] != hw:
+            image = jax.image.resize(image, (cond_channels, *hw), "linear")
+        return jnp.concatenate([x, image, jnp.broadcast_to(flag, (1, *hw)).astype(x.dtype)])
     if image is not None:
         raise ValueError(f"This {net} was built with cond_channels=0; pass image=None.")
     return x

@@ -22,6 +22,8 @@ from sgm.nets.embeddings import (
     Label,
     Param,
     Time,
+    image_input_channels,
+    present_or_null,
     split_key,
     zero_init,
 )
@@ -108,7 +110,7 @@ class MLP(eqx.Module):
         self.embed = ConditionEmbedding(
             time_dim, num_classes=num_classes, param_dim=param_dim, key=ke
         )
-        self.linear_in = eqx.nn.Linear(data_dim + (cond_dim or 0), width, key=ki)
+        self.linear_in = eqx.nn.Linear(data_dim + image_input_channels(cond_dim or 0), width, key=ki)
         self.blocks = [_ResidualBlock(width, time_dim, dropout, key=k) for k in kb]
         self.norm_out = eqx.nn.LayerNorm(width)
         self.linear_out = zero_init(eqx.nn.Linear(width, data_dim, key=ko))
@@ -131,7 +133,8 @@ class MLP(eqx.Module):
                 which is flattened in and reshaped out).
             label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
             param: `(param_dim,)` parameter vector.
-            image: conditioning array of `cond_dim` numbers (flattened), concatenated to `x`.
+            image: conditioning array of `cond_dim` numbers (flattened), concatenated to `x` with
+                a presence flag; an array of NaNs is the null (guidance).
             key: dropout key; None means inference (deterministic).
 
         Returns:
@@ -147,7 +150,8 @@ class MLP(eqx.Module):
         else:
             if image is None or jnp.size(image) != self.cond_dim:
                 raise ValueError(f"This MLP needs `image` with {self.cond_dim} numbers.")
-            x = jnp.concatenate([x, jnp.asarray(image, x.dtype).reshape(-1)])
+            image, flag = present_or_null(jnp.asarray(image, x.dtype).reshape(-1))
+            x = jnp.concatenate([x, image, flag[None].astype(x.dtype)])
         emb = self.embed(t, label, param)
         h = self.linear_in(x)
         for block, k in zip(self.blocks, split_key(key, self.depth), strict=True):

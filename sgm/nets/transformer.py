@@ -31,6 +31,7 @@ from sgm.nets.embeddings import (
     Param,
     Time,
     image_hw,
+    image_input_channels,
     split_key,
     with_condition_image,
     zero_init,
@@ -103,7 +104,9 @@ class DiT(eqx.Module):
         mlp_ratio: hidden width of the block MLP over `width`.
         num_classes: number of classes for label conditioning, or None.
         param_dim: length of the parameter vector, or None.
-        cond_channels: channels of a conditioning image concatenated to `x` before patching.
+        cond_channels: channels of a conditioning image concatenated to `x` (with a presence
+            flag, resized to `x`'s size if smaller) before patching, so every token sees the
+            patch of the condition at its own position.
         dropout: dropout rate after attention and in the MLP (active only when a key is passed).
         key: initialisation key.
     """
@@ -158,7 +161,8 @@ class DiT(eqx.Module):
 
         ke, kp, ka, ko, *kb = jax.random.split(key, 4 + depth)
         self.embed = ConditionEmbedding(width, num_classes=num_classes, param_dim=param_dim, key=ke)
-        self.patch_embed = eqx.nn.Linear((channels + cond_channels) * patch**2, width, key=kp)
+        c_in = channels + image_input_channels(cond_channels)
+        self.patch_embed = eqx.nn.Linear(c_in * patch**2, width, key=kp)
         self.blocks = [_Block(width, heads, mlp_ratio, dropout, key=k) for k in kb]
         self.norm_out = eqx.nn.LayerNorm(width, use_weight=False, use_bias=False, eps=1e-6)
         self.ada_out = zero_init(eqx.nn.Linear(width, 2 * width, key=ka))
@@ -181,7 +185,8 @@ class DiT(eqx.Module):
             x: `(channels, h, w)` image.
             label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
             param: `(param_dim,)` parameter vector.
-            image: `(cond_channels, h, w)` conditioning image, concatenated to `x`.
+            image: `(cond_channels, h', w')` conditioning image (`h' <= h`, `w' <= w`, resized
+                up), concatenated to `x`; an image of NaNs is the null (guidance).
             key: dropout key; None means inference (deterministic).
 
         Returns:
@@ -196,7 +201,7 @@ class DiT(eqx.Module):
 
         tokens = einops.rearrange(x, "c (gh p) (gw q) -> (gh gw) (c p q)", p=p, q=p)
         tokens = jax.vmap(self.patch_embed)(tokens)
-        tokens = tokens + position_embedding(h // p, w // p, self.width)
+        tokens = tokens + position_embedding(h // p, w // p, self.width).astype(tokens.dtype)
         for block, k in zip(self.blocks, split_key(key, self.depth), strict=True):
             tokens = block(tokens, c, key=k)
         shift, scale = jnp.split(self.ada_out(jax.nn.silu(c)), 2)

@@ -35,6 +35,7 @@ from sgm.nets.embeddings import (
     Param,
     Time,
     image_hw,
+    image_input_channels,
     split_key,
     with_condition_image,
     zero_init,
@@ -130,7 +131,8 @@ class UNet(eqx.Module):
         dropout: dropout rate in the residual blocks (active only when a key is passed).
         num_classes: number of classes for label conditioning, or None.
         param_dim: length of the parameter vector, or None.
-        cond_channels: channels of a conditioning image concatenated to `x`.
+        cond_channels: channels of a conditioning image concatenated to `x` (with a presence
+            flag; a smaller image is resized to `x`'s size).
         periodic: circular instead of zero padding in every convolution (data on a torus).
         key: initialisation key.
     """
@@ -217,7 +219,7 @@ class UNet(eqx.Module):
         self.embed = ConditionEmbedding(
             emb_dim, num_classes=num_classes, param_dim=param_dim, key=next(keys)
         )
-        self.conv_in = conv(channels + cond_channels, base, key=next(keys))
+        self.conv_in = conv(channels + image_input_channels(cond_channels), base, key=next(keys))
 
         def level(c_ins, c_out, res, resample, up):
             blocks = [_ResBlock(c, c_out, emb_dim, dropout, mode=mode, key=next(keys))
@@ -266,7 +268,8 @@ class UNet(eqx.Module):
             x: `(channels, h, w)` image.
             label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
             param: `(param_dim,)` parameter vector.
-            image: `(cond_channels, h, w)` conditioning image, concatenated to `x`.
+            image: `(cond_channels, h', w')` conditioning image (`h' <= h`, `w' <= w`, resized
+                up), concatenated to `x`; an image of NaNs is the null (guidance).
             key: dropout key; None means inference (deterministic).
 
         Returns:
