@@ -282,7 +282,14 @@ def pick_frames(levels: ArrayLike, k: int = 8) -> np.ndarray:
     if lv.ndim != 1 or len(lv) == 0:
         raise ValueError(f"levels must be a non-empty 1-D sequence, got shape {lv.shape}")
     k = min(k, len(lv))
-    idx = np.array([int(np.argmin(np.abs(lv - v))) for v in np.linspace(lv[0], lv[-1], k)])
+    finite = np.isfinite(lv)  # a path ending on x_0 at t = 0 has an infinite log-SNR there
+    if not finite.any():
+        return np.linspace(0, len(lv) - 1, k).round().astype(int)
+    ends = lv[finite][[0, -1]]
+    idx = np.empty(k, dtype=int)
+    for i, v in enumerate(np.linspace(ends[0], ends[1], k)):
+        gap = np.where(finite, np.abs(np.where(finite, lv, 0.0) - v), np.inf)
+        idx[i] = int(np.argmin(gap))
     for i in range(1, k):  # where the sequence is coarse two targets fall on one entry: spread
         idx[i] = max(idx[i], idx[i - 1] + 1)
     idx[-1] = len(lv) - 1
