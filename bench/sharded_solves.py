@@ -70,6 +70,7 @@ def main():
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--out", type=Path, default=RESULTS / "sharded_solves.json")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
@@ -108,9 +109,9 @@ def main():
                   f"{r['run_s']:>9.3f}{row['run_ratio']:>9.2f}{diff:>10.1e}")
     meta = {"batch": args.batch, "dim": args.dim, "cpus": os.cpu_count(), "load_avg_start": load,
             "load_avg_end": os.getloadavg(), "total_s": time.perf_counter() - start}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sharded_solves.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=1))
-    print(f"wrote {RESULTS / 'sharded_solves.json'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": table}, indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
