@@ -120,19 +120,24 @@ def bench_train(size: dict, net: str, dtype: str, mesh) -> dict:
             "of_peak": None if flops is None or p is None else flops / per_step / p}
 
 
+def _first_and_again(fn):
+    """(seconds of the first call, seconds of a second call, its result): the difference of the
+    two is the compile time. `fn(k)` takes the call's index, so the two calls see new keys."""
+    times, out = [], None
+    for k in range(2):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(k))
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1], out
+
+
 def bench_sample(size: dict, method: str, steps: int, dtype: str, mesh) -> dict:
     model = make_model(size, "unet", dtype, key=jax.random.key(0))
     n = size["batch"] * mesh.devices.size
     shape = (3, size["image"], size["image"])
     kw = {"num": n, "method": method, "steps": steps, "sharding": parallel.batch_sharding(mesh)}
-    t0 = time.perf_counter()
-    x, info = sgm.sample(model, model.sde, shape, key=jax.random.key(1), **kw)
-    jax.block_until_ready(x)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    x, info = sgm.sample(model, model.sde, shape, key=jax.random.key(2), **kw)
-    jax.block_until_ready(x)
-    run = time.perf_counter() - t0
+    first, run, (_, info) = _first_and_again(
+        lambda k: sgm.sample(model, model.sde, shape, key=jax.random.key(1 + k), **kw))
     return {"row": f"sample {method}-{steps}", "dtype": dtype, "compile_s": first - run,
             "per_s": n / run, "unit": "images/s", "nfe": int(info["nfe"])}
 
@@ -142,16 +147,10 @@ def bench_likelihood(size: dict, dtype: str, mesh) -> dict:
     n = size["lik_batch"] * mesh.devices.size
     x = jax.random.normal(jax.random.key(3), (n, 3, size["image"], size["image"]))
     kw = {"exact": False, "rtol": 1e-5, "atol": 1e-5, "sharding": parallel.batch_sharding(mesh)}
-    t0 = time.perf_counter()
-    logp, info = sgm.log_likelihood(model, model.sde, x, key=jax.random.key(4), **kw)
-    jax.block_until_ready(logp)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    logp, info = sgm.log_likelihood(model, model.sde, x, key=jax.random.key(5), **kw)
-    jax.block_until_ready(logp)
-    run = time.perf_counter() - t0
+    first, run, (_, info) = _first_and_again(
+        lambda k: sgm.log_likelihood(model, model.sde, x, key=jax.random.key(4 + k), **kw))
     return {"row": "likelihood hutchinson", "dtype": dtype, "compile_s": first - run,
-            "per_s": n / run, "unit": "points/s", "nfe": int(np.max(np.asarray(info["nfe"])))}
+            "per_s": n / run, "unit": "points/s", "nfe": int(info["nfe"])}
 
 
 def bench_loop(steps: int, mesh, small: bool) -> dict:
