@@ -11,6 +11,7 @@ from .sde import (
     AbstractSchedule,
     AbstractSDE,
     CosineSchedule,
+    LearnedSchedule,
     LinearSchedule,
     QuadraticSchedule,
     ScaledLinearSchedule,
@@ -22,7 +23,7 @@ from .sde import (
 
 __all__ = [
     "AbstractBetaSDE", "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
-    "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LinearSchedule",
+    "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LearnedSchedule", "LinearSchedule",
     "NumericalError", "QuadraticSchedule", "SGMError", "ScaledLinearSchedule", "ScoreModel",
     "SigmoidSchedule", "SubVPSDE", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",
     "dsm_loss_per_sample", "log_likelihood", "sample", "tweedie_x0",

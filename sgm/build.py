@@ -34,6 +34,7 @@ from .nets import DiT, MLP, Conditioning, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .sde import (
     CosineSchedule,
+    LearnedSchedule,
     LinearSchedule,
     QuadraticSchedule,
     ScaledLinearSchedule,
@@ -45,16 +46,19 @@ from .sde import (
 
 # ------------------------------------------------------------------------------------ registries
 
-SCHEDULES = {  # (beta_min, beta_max) -> schedule of the integrated rate B(t)
-    "linear": LinearSchedule,
-    "cosine": lambda beta_min, beta_max: CosineSchedule(),
-    "quadratic": QuadraticSchedule,
-    "sigmoid": SigmoidSchedule,
-    "scaled_linear": ScaledLinearSchedule,
+SCHEDULES = {  # the SDE config section -> schedule of the integrated rate B(t)
+    "linear": lambda s: LinearSchedule(s.beta_min, s.beta_max),
+    "cosine": lambda s: CosineSchedule(),
+    "quadratic": lambda s: QuadraticSchedule(s.beta_min, s.beta_max),
+    "sigmoid": lambda s: SigmoidSchedule(s.beta_min, s.beta_max),
+    "scaled_linear": lambda s: ScaledLinearSchedule(s.beta_min, s.beta_max),
+    # trained with the score network; a fixed initial key, so a config defines its start
+    "learned": lambda s: LearnedSchedule(jax.random.key(0), logsnr_max=s.logsnr_max,
+                                         logsnr_min=s.logsnr_min, t0=s.t0),
 }
 SDES = {  # the SDE config section -> SDE
-    "vp": lambda s: VPSDE(schedule=SCHEDULES[s.schedule](s.beta_min, s.beta_max), t0=s.t0),
-    "subvp": lambda s: SubVPSDE(schedule=SCHEDULES[s.schedule](s.beta_min, s.beta_max), t0=s.t0),
+    "vp": lambda s: VPSDE(schedule=SCHEDULES[s.schedule](s), t0=s.t0),
+    "subvp": lambda s: SubVPSDE(schedule=SCHEDULES[s.schedule](s), t0=s.t0),
     "ve": lambda s: VESDE(s.sigma_min, s.sigma_max, t0=s.t0),
 }
 OPTIMIZERS = {  # (learning-rate schedule, weight decay) -> optax optimizer
@@ -132,6 +136,12 @@ def check(cfg: Config) -> Config:
     track.check(cfg.train.log_to)  # known names, their packages installed
     if cfg.model.periodic and cfg.model.net != "unet":
         raise ConfigError(f"model.periodic=True needs model.net='unet', got {cfg.model.net!r}.")
+    if cfg.sde.schedule == "learned" and cfg.sde.kind == "ve":
+        raise ConfigError("sde.schedule='learned' is a schedule of the VP and SubVP SDEs, not of "
+                          "sde.kind='ve'.")
+    if cfg.sde.schedule == "learned" and cfg.train.weighting != "likelihood":
+        raise ConfigError("sde.schedule='learned' is trained on the variational bound: set "
+                          "train.weighting=likelihood.")
     build_sde(cfg)  # the SDE checks its own parameters
     return cfg
 

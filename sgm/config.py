@@ -44,6 +44,8 @@ class SDEConfig:
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     t0: float = 1e-5
+    logsnr_max: float = 13.8  # schedule=learned: its fixed log SNR at t0 (the linear schedule's)
+    logsnr_min: float = -10.05  # ... and at t1 = 1
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class LikelihoodConfig:
     seed: int = 2
     solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8
     stepping: str = "batch"  # shared steps for each batch, or "point": each point its own
-    clock: str = "t"  # the variable the ODE is integrated in: t, logt or logsnr
+    clock: str = "auto"  # the ODE's variable: t, logt, logsnr; auto: logsnr if learned, else t
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
 from .samplers import ODE_SOLVERS
-from .sde import VESDE, AbstractSDE
+from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
 def _exact_divergence(lin, dim: int, chunk: int) -> jax.Array:
@@ -58,7 +58,7 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
 
 
 SOLVERS = ("auto", *(name for name, (_, adaptive, _) in ODE_SOLVERS.items() if adaptive))
-CLOCKS = ("t", "logt", "logsnr")
+CLOCKS = ("auto", "t", "logt", "logsnr")
 STEPPING = ("point", "batch")
 
 
@@ -88,7 +88,7 @@ def _clock(sde: AbstractSDE, clock: str, t0):
 
 @eqx.filter_jit
 def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk, hutchinson,
-           max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale):
+           max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale, progress_meter):
     x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     shape = x.shape[1:]
     dim = math.prod(shape)
@@ -127,7 +127,7 @@ def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solv
             term, make(), u0, u1, None, y0,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff,
                                                       icoeff=icoeff),
-            max_steps=max_steps,
+            max_steps=max_steps, progress_meter=progress_meter,
         )
 
     m0, m1 = marginal_scale(jnp.asarray(t0, float)), marginal_scale(jnp.asarray(sde.t1, float))
@@ -162,9 +162,10 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
                    rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
                    probe: str = "rademacher", t0: float | None = None, solver: str = "auto",
                    chunk: int = 128, hutchinson: str = "jvp", max_steps: int = 16384,
-                   cond: dict | None = None, sharding=None, clock: str = "t",
+                   cond: dict | None = None, sharding=None, clock: str = "auto",
                    stepping: str = "batch", pcoeff: float = 0.0, icoeff: float = 1.0,
-                   rescale: bool = True):
+                   rescale: bool = True,
+                   progress_meter: diffrax.AbstractProgressMeter | None = None):
     """log p_t0(x) in nats for each sample of a batch, by the probability-flow ODE.
 
     Arguments:
@@ -183,7 +184,9 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", or "auto" (the
             default): Dopri5 for VP and SubVP (fewest evaluations on trained models at the same
             answer), Tsit5 for VE, whose flow grows like sigma(t) and whose likelihood Dopri5 misses
-            by 2e-5 nats/dim at rtol = atol = 1e-5 where Tsit5 stays within 1e-5 (bench/likelihood.py).
+            by 2e-5 nats/dim at rtol = atol = 1e-5 where Tsit5 stays within 1e-5 (bench/likelihood.py),
+            and for SubVP on a learned schedule (closed form, D = 2: 1.4e-6 against Dopri5's 1.04e-5
+            nats/dim, for 151 evaluations against 115).
         chunk: basis vectors per forward-mode batch for the exact divergence.
         hutchinson: "jvp" (forward mode) or "vjp" (reverse mode) products for the estimator.
         cond: optional dict of per-sample conditioning arrays (leading axis B), passed to the
@@ -191,7 +194,10 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         sharding: optional `jax.sharding.Sharding` of the batch axis to spread the batch over
             devices (`sgm.parallel.batch_sharding(mesh)`); B must divide over them.
         clock: the time variable of the solve, "t", "logt" or "logsnr" (log sigma(t)); see
-            `_clock`. The integral is the same; the number of steps is not.
+            `_clock`. The integral is the same; the number of steps is not. "auto" (the default)
+            is "logsnr" on a learned schedule (the ODE in the noise level does not depend on the
+            schedule's shape, and at rtol = atol = 1e-5 stays within 1e-5 nats/dim of the closed
+            form where t does not) and "t" on every other SDE.
         stepping: "batch" (the default: one solve of the whole batch with shared steps, the error
             measured over the batch, as score_sde's whole-batch solve does) or "point" (every
             sample its own steps and error control; a vmapped batch of them still runs until its
@@ -204,6 +210,9 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
             unit-variance data: 1 for VP, sqrt(1 + sigma^2) for VE), so the state stays O(1) and
             the VE flow's growth with sigma(t) is taken out of what the solver has to track.
             Exact: y's divergence is x's minus D m'/m and log p_x = log p_y - D log m.
+        progress_meter: a diffrax progress meter of the solve, e.g. `diffrax.TqdmProgressMeter()`
+            (a bar of the fraction of [t0, t1] integrated, one per call); None (the default)
+            prints nothing. It does not change the result.
 
     Returns:
         `(logp, info)`: logp (B,) in nats per sample; info["nfe"] = vector-field evaluations per
@@ -227,13 +236,17 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         raise ConfigError("Hutchinson's estimator (exact=False) needs a PRNG key: pass key=...")
     if probes < 1:
         raise ConfigError(f"number of Hutchinson probes must be positive, got {probes}")
+    learned = isinstance(getattr(sde, "schedule", None), LearnedSchedule)
     if solver == "auto":
-        solver = "tsit5" if isinstance(sde, VESDE) else "dopri5"
+        solver = "tsit5" if isinstance(sde, VESDE) or (learned and isinstance(sde, SubVPSDE)) else "dopri5"
+    if clock == "auto":
+        clock = "logsnr" if learned else "t"
     x = jnp.asarray(x)
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
     t0 = sde.t0 if t0 is None else t0
     return _solve(score, sde, x, cond or {}, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
-                  hutchinson, max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale)
+                  hutchinson, max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale,
+                  diffrax.NoProgressMeter() if progress_meter is None else progress_meter)
 
 
 def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, hi: float = 1.0):

@@ -15,6 +15,12 @@ a low-discrepancy scheme as in Kingma et al. 2021). With `importance=True` t is 
 proposal q(t) proportional to g^2 / s^2 (the likelihood weight per unit of ||s score + eps||^2) and
 each term is reweighted by lambda(t) / ((t1 - t0) q(t)), so the estimator stays unbiased for the
 uniform-time loss while its variance drops (Song, Durkan, Murray & Ermon 2021, Section 5).
+
+A learned noise schedule (`sgm.LearnedSchedule`, inside the SDE and so inside the score model) is
+trained by `dsm_loss` with the variance-reducing objective of Kingma et al. (2021, Section 5.3 and
+Appendix I.2): with fixed end points and likelihood weighting the expected loss is the same for
+every shape of the schedule, so the shape's parameters descend the mean square of the per-sample
+terms (the estimator's second moment) while everything else descends their mean.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from .errors import ConfigError
-from .sde import AbstractSDE
+from .sde import AbstractSDE, LearnedSchedule
 
 WEIGHTINGS = ("sigma2", "likelihood")
 TIME_SAMPLINGS = ("uniform", "stratified")
@@ -98,8 +104,9 @@ def dsm_loss_per_sample(model, sde: AbstractSDE, x0, *, key, cond=None, weightin
     n = x0.shape[0]
     k_t, k_eps, k_drop = jax.random.split(key, 3)
     u = sample_times(k_t, n, stratified=time_sampling == "stratified")
-    if importance:
-        t, q = ImportanceTimeSampler(sde, t0, t1).sample(u)
+    if importance:  # the proposal is only a proposal: no gradient flows into it
+        fixed = jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, sde)
+        t, q = ImportanceTimeSampler(fixed, t0, t1).sample(u)
     else:
         t, q = t0 + (t1 - t0) * u, jnp.full((n,), 1.0 / (t1 - t0))
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
@@ -119,6 +126,38 @@ def dsm_loss_per_sample(model, sde: AbstractSDE, x0, *, key, cond=None, weightin
     return per / ((t1 - t0) * q)
 
 
+def _schedule_mask(tree):
+    """True on the array leaves of every `LearnedSchedule` in `tree`, False elsewhere."""
+    def mark(node):
+        if isinstance(node, LearnedSchedule):
+            return jax.tree_util.tree_map(lambda _: True, node)
+        return False
+
+    return jax.tree_util.tree_map(mark, tree, is_leaf=lambda n: isinstance(n, LearnedSchedule))
+
+
+def _stop_where(tree, mask, value: bool):
+    """`tree` with a stopped gradient on the array leaves whose mask is `value`."""
+    return jax.tree_util.tree_map(
+        lambda a, m: jax.lax.stop_gradient(a) if m == value and eqx.is_inexact_array(a) else a, tree, mask)
+
+
 def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
-    """Batch mean of `dsm_loss_per_sample` (same arguments): the training objective."""
-    return jnp.mean(dsm_loss_per_sample(model, sde, x0, key=key, **options))
+    """Batch mean of `dsm_loss_per_sample` (same arguments): the training objective.
+
+    If `sde` (or `model`) holds a learned schedule, the value is the same but the schedule's
+    parameters get the gradient of half the mean square of the per-sample terms, and all other
+    parameters the gradient of their mean (the variance objective of Kingma et al. 2021, which
+    needs `weighting="likelihood"`; it costs a second forward pass).
+    """
+    pair = (model, sde)
+    mask = _schedule_mask(pair)
+    if not any(jax.tree_util.tree_leaves(mask)):
+        return jnp.mean(dsm_loss_per_sample(model, sde, x0, key=key, **options))
+    if options.get("weighting", "sigma2") != "likelihood":
+        raise ConfigError("a learned noise schedule is trained on the variational bound: it needs "
+                          "weighting='likelihood'.")
+    bound = jnp.mean(dsm_loss_per_sample(*_stop_where(pair, mask, True), x0, key=key, **options))
+    per = dsm_loss_per_sample(*_stop_where(pair, mask, False), x0, key=key, **options)
+    second = 0.5 * jnp.mean(jnp.square(per))  # only the schedule's gradient comes from here
+    return bound + second - jax.lax.stop_gradient(second)

@@ -76,7 +76,7 @@ class ScoreModel(eqx.Module):
         a, s = self.sde.scale(t), self.sde.std(t)
         c_in = jax.lax.rsqrt(a**2 * self.sigma_data**2 + s**2)
         kw = dict(cond) if key is None else dict(cond, key=key)
-        out = self._net(t, c_in * x, kw)
+        out = self._net(self.sde.network_time(t), c_in * x, kw)
         if self.prediction == "eps":
             return -out / s
         if self.prediction == "score":

@@ -70,6 +70,10 @@ class AbstractSchedule(eqx.Module):
         """The time t in [0, t_max] with B(t) = b (elementwise); bisection, as B increases."""
         return _bisect(self.integral, b, t_max)
 
+    def network_time(self, t: Scalar) -> Array:
+        """The time the score network is given: t itself (a learned schedule gives its noise level)."""
+        return jnp.asarray(t)
+
     def discrete_betas(self, num_steps: int) -> Array:
         """DDPM betas of an N-step chain on t_i = i/N: beta_i = 1 - exp(-(B(t_i) - B(t_{i-1})))."""
         ts = jnp.linspace(0.0, 1.0, num_steps + 1)
@@ -183,6 +187,84 @@ class CosineSchedule(AbstractSchedule):
         return raw(t_clip) + self.max_beta * jnp.maximum(t - t_star, 0.0)
 
 
+class LearnedSchedule(AbstractSchedule):
+    """A learned noise schedule: a monotone network for the log-SNR between fixed end points.
+
+    On [t0, t1] the schedule is gamma(t) = -log SNR(t) of the VP SDE, written B(t) = softplus(gamma(t))
+    (so that VP's scale^2 = sigmoid(-gamma), std^2 = sigmoid(gamma)), with
+
+        gamma(t) = gamma_0 + (gamma_1 - gamma_0) (h(u) - h(0)) / (h(1) - h(0)),   u = (t - t0) / (t1 - t0),
+
+    where gamma_0 = -logsnr_max at t0 and gamma_1 = -logsnr_min at t1 are fixed, and h is increasing:
+    h(u) = c u + mean_j a_j sigmoid(w_j (2u - 1) + b_j) with c, a_j, w_j > 0 (softplus of the raw
+    parameters), the monotone network of Kingma, Salimans, Poole & Ho, "Variational Diffusion
+    Models" (2021), Appendix H. Below t0 the integrated rate ramps linearly from B(0) = 0 to
+    B(t0), so x_t | x_0 is the kernel of the SDE started at x_0 at t = 0 for every t, as for the
+    fixed schedules.
+
+    Its parameters are arrays of the score model (trained, kept in the EMA and in checkpoints).
+    With its end points fixed, the continuous-time variational bound does not depend on the shape
+    of gamma when the network sees the noise level, not t (`network_time`): the shape is trained
+    to lower the variance of the bound's estimate instead (`sgm.loss.dsm_loss`).
+
+    Arguments:
+        key: initialisation of the network (near linear in gamma: a_j = `curvature` on average).
+        logsnr_max: log SNR at t0 (the least noisy end; 13.8 is the linear VP schedule's at 1e-5).
+        logsnr_min: log SNR at t1 (-10.05 is the linear VP schedule's at t = 1).
+        t0, t1: the times of the end points (the SDE's).
+        width: units of the network's hidden layer.
+    """
+
+    c: Array
+    w: Array
+    b: Array
+    a: Array
+    logsnr_max: float = eqx.field(static=True)
+    logsnr_min: float = eqx.field(static=True)
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def __init__(self, key: PRNGKeyArray, *, logsnr_max: float = 13.8, logsnr_min: float = -10.05,
+                 t0: float = 1e-5, t1: float = 1.0, width: int = 1024, curvature: float = 0.05):
+        _check(logsnr_max > logsnr_min, f"learned schedule needs logsnr_max > logsnr_min, got "
+                                        f"logsnr_max={logsnr_max}, logsnr_min={logsnr_min}")
+        _check(0 <= t0 < t1, f"learned schedule needs 0 <= t0 < t1, got t0={t0}, t1={t1}")
+        _check(curvature > 0 and width >= 1, "learned schedule needs curvature > 0 and width >= 1")
+        k_w, k_b, k_a = jax.random.split(key, 3)
+        inv_softplus = lambda y: y + jnp.log(-jnp.expm1(-y))
+        self.c = inv_softplus(jnp.ones(()))
+        self.w = inv_softplus(jnp.exp(jax.random.normal(k_w, (width,))) * 2.0)
+        self.b = jax.random.normal(k_b, (width,)) * 2.0
+        self.a = inv_softplus(curvature * jnp.exp(0.5 * jax.random.normal(k_a, (width,))))
+        self.logsnr_max, self.logsnr_min, self.t0, self.t1 = logsnr_max, logsnr_min, t0, t1
+
+    def _h(self, u):
+        sp = jax.nn.softplus
+        hidden = jax.nn.sigmoid(sp(self.w) * (2.0 * u - 1.0) + self.b)
+        return sp(self.c) * u + jnp.mean(sp(self.a) * hidden)
+
+    def network_time(self, t: Scalar) -> Array:
+        """The normalised -log SNR, (gamma(t) - gamma_0) / (gamma_1 - gamma_0) in [0, 1] on [t0, t1]."""
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        u = jnp.clip((t - self.t0) / (self.t1 - self.t0), 0.0, 1.0)
+        h = jnp.vectorize(self._h)
+        h0, h1 = h(jnp.zeros(())), h(jnp.ones(()))
+        return (h(u) - h0) / (h1 - h0)
+
+    def gamma(self, t: Scalar) -> Array:
+        """gamma(t) = -log SNR(t) of the VP SDE on this schedule (increasing in t)."""
+        g0, g1 = -self.logsnr_max, -self.logsnr_min
+        return g0 + (g1 - g0) * self.network_time(t)
+
+    def integral(self, t):
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        b = jax.nn.softplus(self.gamma(t))
+        if self.t0 == 0:
+            return b
+        ramp = jax.nn.softplus(-self.logsnr_max) * t / self.t0
+        return jnp.where(t < self.t0, ramp, b)
+
+
 # --------------------------------------------------------------------------------------------
 # SDEs
 # --------------------------------------------------------------------------------------------
@@ -261,6 +343,10 @@ class AbstractSDE(eqx.Module):
         """lambda(t) = log(scale^2 / std^2) = -2 log noise_level(t)."""
         return -2.0 * jnp.log(self.noise_level(t))
 
+    def network_time(self, t: Scalar) -> Array:
+        """The time input of a score network on this SDE: t, unless the schedule says otherwise."""
+        return jnp.asarray(t)
+
     def reverse_drift(self, score, t: Scalar, x: Array) -> Array:
         """Drift of the reverse-time SDE, f - g^2 score (Anderson 1982; Song et al. eq. 6)."""
         return self.drift(t, x) - self.diffusion(t) ** 2 * score(t, x)
@@ -298,6 +384,9 @@ class AbstractBetaSDE(AbstractSDE):
         the linear schedule, bisection on [0, t1] otherwise)."""
         level = jnp.asarray(level, dtype=jnp.result_type(float))
         return self.schedule.inverse_integral(self._integral_at_noise_level(level), self.t1)
+
+    def network_time(self, t):
+        return self.schedule.network_time(t)
 
     def scale(self, t):
         return jnp.exp(-0.5 * self.schedule.integral(t))

@@ -13,6 +13,8 @@ SCHEDULES = {
     "quadratic": sgm.QuadraticSchedule(),
     "sigmoid": sgm.SigmoidSchedule(),
     "scaled_linear": sgm.ScaledLinearSchedule(),
+    # a randomly initialised learned schedule, far from linear (curvature 1 is 20x the default's)
+    "learned": sgm.LearnedSchedule(jax.random.key(3), curvature=1.0),
 }
 
 

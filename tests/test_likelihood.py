@@ -53,7 +53,7 @@ def test_clock_and_stepping_give_the_closed_form(name):
     sde = SDES3[name]
     x = MIXTURE.sample(jax.random.key(4), 64)
     true = jax.vmap(lambda xi: MIXTURE.log_prob(xi, sde, sde.t0))(x)
-    for clock in sgm.likelihood.CLOCKS:
+    for clock in sgm.likelihood.CLOCKS[1:]:  # "auto" is one of them
         for stepping in sgm.likelihood.STEPPING:
             logp, info = sgm.log_likelihood(MIXTURE.score(sde), sde, x, clock=clock,
                                             stepping=stepping)
