@@ -61,6 +61,8 @@ def run(args) -> int:
 
 
 def _run(args, flag, stack) -> int:
+    import diffrax
+
     from sgm import build, parallel, track
     from sgm import checkpoint as ckpt
     from sgm import config as C
@@ -120,6 +122,10 @@ def _run(args, flag, stack) -> int:
 
     def bar(desc, unit):  # a progress bar, or none with --no-progress
         return track.Bar(desc, unit=unit) if show else contextlib.nullcontext()
+
+    # and the steps of each likelihood solve (one batch can take minutes; the 2-D density's
+    # many short solves show only their count)
+    meter = {"progress_meter": diffrax.TqdmProgressMeter(refresh_steps=5)} if show else {}
 
     def log(rec):
         if "loss" in rec:  # a training record: add the learning rate of its last update
@@ -183,7 +189,7 @@ def _run(args, flag, stack) -> int:
     if args.mode in ("likelihood", "all"):
         t0 = time.perf_counter()
         with bar("likelihood", "pt") as b:
-            lik = exp.heldout_likelihood(state.ema, mesh=mesh, progress=b)
+            lik = exp.heldout_likelihood(state.ema, mesh=mesh, progress=b, **meter)
         stop_if_signalled("while computing the likelihood")
         lik["seconds"] = time.perf_counter() - t0
         summary["likelihood"] = lik
@@ -265,7 +271,7 @@ def _reverse_figure(plot, exp, model, mesh, path, main_proc):
     _, info, cond = exp.samples(model, num=8, mesh=mesh, return_path=True)
     traj = parallel.gather(info["path"])[:, :8]  # (T, 8, C, H, W) in model space
     times = np.asarray(info["path_t"])
-    idx = plot.pick_frames(np.asarray(exp.sde.log_snr(times)), 8)
+    idx = plot.pick_frames(np.asarray(model.sde.log_snr(times)), 8)
     if not main_proc:
         return None
     frames = np.asarray(exp.preprocess.inverse(traj[idx]), dtype=np.float64)

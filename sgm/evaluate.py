@@ -74,7 +74,9 @@ def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, bat
         dequant: the dequantisation density q of discrete data, "uniform" or "tn" (truncated
             normal; each draw is log p - log q, see `data.transforms`); `dequant_std` its std in
             levels, by default `tn_std` (the diffusion's noise at t0 in data units).
-        likelihood_options: `sgm.log_likelihood`'s keywords (exact, rtol, atol, probes, ...).
+        likelihood_options: `sgm.log_likelihood`'s keywords (exact, rtol, atol, probes, ...);
+            its `progress_meter` (e.g. `diffrax.TqdmProgressMeter()`) shows the steps of each
+            batch's solve, where `progress` only counts finished batches.
 
     Returns a dict with `nll` (nats per sample; for discrete data the dequantisation bound),
     `nll_stderr`, `bpd` (bits per dimension), `nfe` and `num`.

@@ -210,7 +210,7 @@ def test_training_moves_the_schedule_and_a_resume_is_bit_identical(tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["sde.schedule=learned"], "train.weighting=likelihood"),
+    (["sde.schedule=learned", "train.weighting=sigma2"], "train.weighting=likelihood"),
     (["sde.schedule=learned", "sde.kind=ve", "train.weighting=likelihood"], "VP and SubVP"),
     (["sde.schedule=learned", "train.weighting=likelihood", "sde.logsnr_min=20"],
      "logsnr_max > logsnr_min"),
