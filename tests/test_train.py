@@ -73,10 +73,15 @@ def test_end_to_end_writes_outputs(tmp_path, capsys):
         build.load_run(tmp_path)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    assert run_main(tmp_path, name="straight", mode="train") == 0
+LEARNED = ["sde.schedule=learned", "train.weighting=likelihood"]
+
+
+@pytest.mark.parametrize("extra", [[], LEARNED], ids=["linear", "learned-schedule"])
+def test_resume_equals_uninterrupted(tmp_path, extra):
+    """Bit for bit, also with a learned noise schedule (whose arrays the checkpoint holds)."""
+    assert run_main(tmp_path, *extra, name="straight", mode="train") == 0
     # Interrupted run: stop after the step-4 checkpoint, then rerun the same command.
-    exp = build.experiment(C.override(C.load_file(main.DEFAULT_CONFIG), TINY))
+    exp = build.experiment(C.override(C.load_file(main.DEFAULT_CONFIG), TINY + extra))
 
     class Stop(Exception):
         pass
@@ -89,7 +94,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path / "resumed" / "checkpoints",
                   on_log=stop)
     assert ckpt.latest(tmp_path / "resumed" / "checkpoints").name == "ckpt_000000004.npz"
-    assert run_main(tmp_path, name="resumed", mode="train") == 0
+    assert run_main(tmp_path, *extra, name="resumed", mode="train") == 0
     a = leaves(tmp_path / "straight" / "checkpoints" / "ckpt_000000012.npz")
     b = leaves(tmp_path / "resumed" / "checkpoints" / "ckpt_000000012.npz")
     assert a.keys() == b.keys()
