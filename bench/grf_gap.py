@@ -3,11 +3,16 @@ time by time.
 
     python bench/grf_gap.py runs/grf                 # a finished `main.py configs/grf.py` run
     python bench/grf_gap.py runs/grf --num 100 --times 31
+    python bench/grf_gap.py runs/grf_superres        # a run on grf_superres: the posterior's score
 
 A GRF is Gaussian with a known spectrum, so every marginal p_t is Gaussian and its score is exact:
 in the standardised units the model sees, x_t = a x_0 + s eps with x_0 ~ N(mu, F^H diag(lam) F),
 
     grad log p_t(x) = -F^H diag(1 / (a^2 lam_k + s^2)) F (x - a mu).
+
+On grf_superres the same holds for x_0 | y with mu = mu(y) and lam = the posterior variances v_k
+(`sgm.data.grf_superres`); there the error is also split between the observed modes (|k| <= the
+cutoff) and the others.
 
 For each time on a log grid from t0 to t1 the script draws x_t from `num` test fields and reports
 
@@ -34,6 +39,7 @@ import numpy as np
 
 from sgm import build
 from sgm.data import grf
+from sgm.data import grf_superres as sr
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grf_gap.json"
 
@@ -48,8 +54,9 @@ def main():
 
     exp = build.load_run(args.workdir)
     cfg, ds, state, pre = exp.cfg, exp.ds, exp.state, exp.preprocess
-    if ds.name != "grf":
-        raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs grf.")
+    if ds.name not in ("grf", "grf_superres"):
+        raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs grf or "
+                         "grf_superres.")
     model, sde = state.ema, state.ema.sde
 
     num = min(args.num, ds.test.shape[0])
@@ -57,16 +64,22 @@ def main():
     par = ds.test_cond[:num]
     mean = 0.0 if pre.mean is None else float(np.asarray(pre.mean).reshape(-1)[0])
     std = 1.0 if pre.std is None else float(np.asarray(pre.std).reshape(-1)[0])
-    lam = grf.spectrum(n, par[:, 0], par[:, 1]) / std**2  # eigenvalues in model units
-    mu = -mean / std  # the fields have mean zero in data units
     x0 = (ds.test[:num, 0].astype(np.float64) - mean) / std
-    conditional = exp.conditioning.kind == "param"
+    kind = exp.conditioning.kind
+    if ds.name == "grf":
+        lam = grf.spectrum(n, par[:, 0], par[:, 1]) / std**2  # eigenvalues in model units
+        mu = -mean / std  # the fields have mean zero in data units
+        observed = np.zeros((n, n), bool)
+    else:  # the posterior given each observation y
+        y = np.asarray(par[:, 0], np.float64)
+        lam = np.broadcast_to(sr.posterior_modes(n)[1] / std**2, x0.shape)
+        mu = (sr.posterior_mean(y) - mean) / std
+        observed = sr.lowpass_mask(n) > 0
+    cond = exp.cond(par) if kind else {}
 
     @eqx.filter_jit
-    def score(t, x, prm):
-        def one(xi, pi):
-            return model(t, xi, param=pi) if conditional else model(t, xi)
-        return jax.vmap(one)(x, prm)
+    def score(t, x, c):
+        return jax.vmap(lambda xi, ci: model(t, xi, **ci))(x, c)
 
     rows, key = [], jax.random.key(0)
     times = np.geomspace(sde.t0, sde.t1, args.times)
@@ -77,26 +90,34 @@ def main():
         xt = a * x0 + s * np.asarray(jax.random.normal(k, x0.shape), np.float64)
         xh = np.fft.fft2(xt - a * mu, norm="ortho")
         true = -np.fft.ifft2(xh / (a**2 * lam + s**2), norm="ortho").real
-        est = np.asarray(score(jnp.float32(t), jnp.asarray(xt[:, None], jnp.float32),
-                               jnp.asarray(par)), np.float64)[:, 0]
-        sq = np.sum((est - true) ** 2, axis=(1, 2))
+        est = np.asarray(score(jnp.float32(t), jnp.asarray(xt[:, None], jnp.float32), cond),
+                         np.float64)[:, 0]
+        err = np.abs(np.fft.fft2(est - true, norm="ortho")) ** 2  # per mode (Parseval)
+        sq = err.sum(axis=(1, 2))
         e = 0.5 * g2 * float(sq.mean())
-        rows.append(dict(t=float(t), e=e, per_log_t=float(t) * e,
-                         rel=float(sq.mean() / np.sum(true**2, axis=(1, 2)).mean())))
+        e_obs = 0.5 * g2 * float(err[:, observed].sum(-1).mean())
+        rows.append({"t": float(t), "e": e, "per_log_t": float(t) * e, "observed": e_obs,
+                         "rel": float(sq.mean() / np.sum(true**2, axis=(1, 2)).mean())})
     per_log_t = np.array([r["per_log_t"] for r in rows])
     dlog = np.diff(np.log(times))
     total = float(np.sum(0.5 * (per_log_t[1:] + per_log_t[:-1]) * dlog))  # trapezoid in log t
+    obs_log_t = times * np.array([r["observed"] for r in rows])
+    total_obs = float(np.sum(0.5 * (obs_log_t[1:] + obs_log_t[:-1]) * dlog))
 
     print(f"\n{args.workdir} (step {int(state.step)}), {num} test fields, {cfg.model.net} "
           f"prediction={cfg.model.prediction}, weighting={cfg.train.weighting}")
-    print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'rel err':>10}")
+    print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'observed':>10}{'rel err':>10}")
     for r in rows:
-        print(f"  {r['t']:9.2e}{r['e']:13.3f}{r['per_log_t']:11.4f}{r['rel']:10.2e}")
+        print(f"  {r['t']:9.2e}{r['e']:13.3f}{r['per_log_t']:11.4f}"
+              f"{r['t'] * r['observed']:10.4f}{r['rel']:10.2e}")
     print(f"  integral of e(t) dt = {total:.3f} nats per field "
           f"({total / (ds.dim * math.log(2)):.4f} bits/dim)")
+    if observed.any():
+        print(f"  of which {total_obs:.3f} in the {int(observed.sum())} observed modes")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"workdir": str(args.workdir), "step": int(state.step),
-                                    "num": num, "rows": rows, "integral_nats": total}, indent=1))
+                                    "num": num, "rows": rows, "integral_nats": total,
+                                    "observed_nats": total_obs}, indent=1))
     print(f"wrote {args.out}")
 
 

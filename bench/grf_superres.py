@@ -2,6 +2,7 @@
 
     python bench/grf_superres.py runs/grf_superres          # a finished `main.py` run on it
     python bench/grf_superres.py runs/grf_superres --num 40 --obs 4 --per 64
+    python bench/grf_superres.py runs/grf_superres --set sample.method=unipc sample.steps=50
 
 The posterior p(x | y) of `sgm.data.grf_superres` is Gaussian and exact, so a model is checked
 three ways on the same test points:
@@ -10,7 +11,7 @@ three ways on the same test points:
    settings) minus the exact -log p(x | y); its mean and standard error over the fields, in
    bits/dim (nats / (D ln 2), D = 256);
 2. posterior moments: for `obs` test observations, `per` model samples each (the config's
-   sampler) against the exact mean mu(y) and the exact per-pixel std s (the same at every pixel):
+   sampler, or the one `--set sample.method=... sample.steps=...` names) against the exact mean mu(y) and the exact per-pixel std s (the same at every pixel):
    the RMS over pixels of (sample mean - mu) / s, and mean sample std / s; and, held against
    -H(x | y), the exact log p(x | y) of the samples. The same statistics of `per` exact
    posterior draws are the floor: a sample mean of `per` draws misses mu by s / sqrt(per);
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 
 from sgm import GuidedScore, build, evaluate
+from sgm import config as C
 from sgm import plot as P
 from sgm.data import grf_superres as sr
 
@@ -60,9 +62,10 @@ def likelihood_gap(exp, num: int) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def model_samples(exp, y, per: int, seed: int):
-    """`per` samples of the model given each observation of `y` (M, 1, n, n): (M, per, 1, n, n)."""
-    cfg, model = exp.cfg, exp.state.ema
+def model_samples(exp, cfg, y, per: int, seed: int):
+    """`per` samples of the model given each observation of `y` (M, 1, n, n): (M, per, 1, n, n),
+    drawn as `cfg.sample` says."""
+    model = exp.state.ema
     raw = np.repeat(y, per, axis=0)
     score = GuidedScore(model, None, exp.ds.num_classes, cfg.sample.guidance)
     x, info = evaluate.draw_samples(score, model.sde, exp.preprocess, exp.ds.shape, num=len(raw),
@@ -116,13 +119,17 @@ def main():
     p.add_argument("--obs", type=int, default=4, help="test observations for moments and figure")
     p.add_argument("--per", type=int, default=64, help="samples per observation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="sample.KEY=VALUE",
+                   help="sampler settings for the posterior check, e.g. sample.method=unipc")
     p.add_argument("--skip-likelihood", action="store_true", help="moments and figure only")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--figure", type=Path, default=FIGURE)
     args = p.parse_args()
 
     exp = build.load_run(args.workdir)
-    cfg, ds = exp.cfg, exp.ds
+    if any(not s.startswith("sample.") for s in args.set):
+        raise SystemExit(f"--set takes sample.* settings only, got {args.set}.")
+    cfg, ds = build.check(C.override(exp.cfg, args.set)), exp.ds
     if ds.name != "grf_superres":
         raise SystemExit(f"{args.workdir} is a run on {ds.name!r}; this benchmark needs "
                          f"grf_superres.")
@@ -131,7 +138,7 @@ def main():
 
     t0 = time.perf_counter()
     y = np.asarray(ds.test_cond[: args.obs], np.float64)  # (M, 1, n, n)
-    s_model, nfe = model_samples(exp, ds.test_cond[: args.obs], args.per, args.seed)
+    s_model, nfe = model_samples(exp, cfg, ds.test_cond[: args.obs], args.per, args.seed)
     seconds = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed)
     s_exact = sr.posterior_sample(np.repeat(y[:, None, 0], args.per, axis=1), rng)

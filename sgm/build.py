@@ -94,7 +94,8 @@ def _image_net(kind):
         if kind == "unet":
             return UNet(c, (h, w), base=m.base, channel_mults=m.channel_mults,
                         num_res_blocks=m.num_res_blocks, attn_resolutions=m.attn_resolutions,
-                        heads=m.heads, periodic=m.periodic, **extra)
+                        heads=m.heads, periodic=m.periodic, spectral_modes=m.spectral_modes,
+                        **extra)
         return DiT(c, (h, w), patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, **extra)
 
     return make
@@ -136,6 +137,9 @@ def check(cfg: Config) -> Config:
     track.check(cfg.train.log_to)  # known names, their packages installed
     if cfg.model.periodic and cfg.model.net != "unet":
         raise ConfigError(f"model.periodic=True needs model.net='unet', got {cfg.model.net!r}.")
+    if cfg.model.spectral_modes and not (cfg.model.periodic and cfg.model.net == "unet"):
+        raise ConfigError(f"model.spectral_modes={cfg.model.spectral_modes} needs a periodic UNet "
+                          "(model.net='unet', model.periodic=true): the Fourier layers assume a torus.")
     if cfg.sde.schedule == "learned" and cfg.sde.kind == "ve":
         raise ConfigError("sde.schedule='learned' is a schedule of the VP and SubVP SDEs, not of "
                           "sde.kind='ve'.")

@@ -64,6 +64,7 @@ class ModelConfig:
     conditional: bool = False  # condition on the dataset's labels or parameters
     label_dropout: float = 0.0  # classifier-free guidance: probability of the null label
     periodic: bool = False  # UNet: circular padding (fields on a periodic box)
+    spectral_modes: int = 0  # periodic UNet: Fourier modes per axis of each block's spectral conv
     dtype: str = "float32"  # the network's compute dtype: float32 or bfloat16 (weights stay float32)
 
 
@@ -306,6 +307,8 @@ def validate(config: Config) -> Config:
         _expect(getattr(m, f) > 0, f"model.{f}", getattr(m, f), "a positive integer")
     _expect(len(m.channel_mults) > 0 and min(m.channel_mults) > 0, "model.channel_mults",
             m.channel_mults, "a non-empty tuple of positive integers")
+    _expect(m.spectral_modes >= 0, "model.spectral_modes", m.spectral_modes,
+            "a non-negative integer (0: no spectral convolutions)")
     _expect(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
     _expect(0 <= m.label_dropout < 1, "model.label_dropout", m.label_dropout, "a probability in [0, 1)")
     for f in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "eval_num"):

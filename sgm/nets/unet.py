@@ -40,6 +40,7 @@ from sgm.nets.embeddings import (
     with_condition_image,
     zero_init,
 )
+from sgm.nets.spectral import SpectralConv
 
 
 def _norm(channels: int) -> eqx.nn.GroupNorm:
@@ -54,10 +55,14 @@ class _ResBlock(eqx.Module):
 
     `(s, b) = A SiLU(emb)` is a per-channel scale and shift of the normalised features (Nichol &
     Dhariwal 2021): a conditioning signal added before a GroupNorm could be normalised away.
+    With `spectral` (periodic grids), `h` also gets a spectral convolution of the same input,
+    `h = conv1(a) + K(a)` with `a = SiLU(GN(x))`, a Fourier layer beside the local one (Li et al.
+    2021).
     """
 
     norm1: eqx.nn.GroupNorm
     conv1: eqx.nn.Conv2d
+    spectral: SpectralConv | None
     emb_proj: eqx.nn.Linear
     norm2: eqx.nn.GroupNorm
     dropout: eqx.nn.Dropout
@@ -65,10 +70,12 @@ class _ResBlock(eqx.Module):
     skip: eqx.nn.Conv2d | None
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, *, mode: str = "ZEROS",
-                 key: Key):
+                 spectral: tuple[tuple[int, int], int] | None = None, key: Key):
         k1, k2, k3, k4 = jax.random.split(key, 4)
         self.norm1 = _norm(c_in)
         self.conv1 = eqx.nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=mode, key=k1)
+        self.spectral = None if spectral is None else SpectralConv(
+            c_in, c_out, *spectral, key=jax.random.fold_in(key, 5))
         self.emb_proj = eqx.nn.Linear(emb_dim, 2 * c_out, key=k2)
         self.norm2 = _norm(c_out)
         self.dropout = eqx.nn.Dropout(dropout)
@@ -76,7 +83,8 @@ class _ResBlock(eqx.Module):
         self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, key=k4)
 
     def __call__(self, x: Image, emb: Float[Array, " e"], *, key: Key | None) -> Image:
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        a = jax.nn.silu(self.norm1(x))
+        h = self.conv1(a) if self.spectral is None else self.conv1(a) + self.spectral(a)
         scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb))[:, None, None], 2)
         h = jax.nn.silu(self.norm2(h) * (1.0 + scale) + shift)
         h = self.dropout(h, key=key, inference=key is None)
@@ -134,6 +142,9 @@ class UNet(eqx.Module):
         cond_channels: channels of a conditioning image concatenated to `x` (with a presence
             flag; a smaller image is resized to `x`'s size).
         periodic: circular instead of zero padding in every convolution (data on a torus).
+        spectral_modes: with `periodic`, every residual block also mixes its channels in Fourier
+            space over the modes |k_x|, |k_y| <= spectral_modes (`sgm.nets.spectral`): global
+            filters with sharp bands, which 3x3 convolutions approximate poorly. 0: none.
         key: initialisation key.
     """
 
@@ -158,6 +169,7 @@ class UNet(eqx.Module):
     cond_channels: int = eqx.field(static=True)
     padding: tuple[tuple[int, int], tuple[int, int]] = eqx.field(static=True)
     periodic: bool = eqx.field(static=True)
+    spectral_modes: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -174,6 +186,7 @@ class UNet(eqx.Module):
         param_dim: int | None = None,
         cond_channels: int = 0,
         periodic: bool = False,
+        spectral_modes: int = 0,
         key: Key,
     ):
         h, w = image_hw(image_size)
@@ -186,6 +199,9 @@ class UNet(eqx.Module):
             raise ConfigError(f"UNet channel_mults must be positive integers, got {channel_mults}.")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"UNet dropout must lie in [0, 1), got {dropout}.")
+        if spectral_modes < 0 or (spectral_modes and not periodic):
+            raise ConfigError(f"UNet spectral_modes={spectral_modes} is invalid: expected 0, or a "
+                              "positive number of Fourier modes with periodic=True (a torus).")
         multiple = 2 ** (len(mults) - 1)
         ph, pw = -h % multiple, -w % multiple
         if periodic and (ph or pw):
@@ -208,7 +224,7 @@ class UNet(eqx.Module):
         self.heads, self.dropout, self.cond_channels = heads, dropout, cond_channels
         self.num_classes, self.param_dim = num_classes, param_dim
         self.padding = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-        self.periodic = bool(periodic)
+        self.periodic, self.spectral_modes = bool(periodic), int(spectral_modes)
         mode = "CIRCULAR" if periodic else "ZEROS"
 
         def conv(c_in, c_out, size=3, stride=1, key=None):
@@ -221,9 +237,14 @@ class UNet(eqx.Module):
         )
         self.conv_in = conv(channels + image_input_channels(cond_channels), base, key=next(keys))
 
+        def block(c_in, c_out, res):
+            size = (res, (w + pw) * res // (h + ph))  # this level's grid
+            spectral = (size, spectral_modes) if spectral_modes else None
+            return _ResBlock(c_in, c_out, emb_dim, dropout, mode=mode, spectral=spectral,
+                             key=next(keys))
+
         def level(c_ins, c_out, res, resample, up):
-            blocks = [_ResBlock(c, c_out, emb_dim, dropout, mode=mode, key=next(keys))
-                      for c in c_ins]
+            blocks = [block(c, c_out, res) for c in c_ins]
             attns = [
                 _Attention(c_out, heads, key=next(keys)) if res in attn else None for _ in c_ins
             ]
@@ -237,8 +258,7 @@ class UNet(eqx.Module):
             self.down.append(level(c_ins, base * m, res, down, up=False))
             ch = base * m
             skips += [ch] * (num_res_blocks + (0 if last else 1))
-        self.mid = [_ResBlock(ch, ch, emb_dim, dropout, mode=mode, key=next(keys))
-                    for _ in range(2)]
+        self.mid = [block(ch, ch, heights[-1]) for _ in range(2)]
         self.mid_attn = _Attention(ch, heads, key=next(keys))
         self.up = []
         for i, (m, res) in reversed(list(enumerate(zip(mults, heights, strict=True)))):
