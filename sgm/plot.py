@@ -408,7 +408,8 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
     "loss" and "eval_loss" share a panel (the training series as a line, the held-out one as
     points joined by lines), as do "eval_nll" and "test_nll", and so on; a panel whose series are
     all constant (a single point included: "skipped" = 0, a one-off held-out value) is left out,
-    unless every panel is. Losses and a steps/s spanning over a decade get a log scale.
+    unless every panel is. Losses spanning over a factor 3 and a steps/s spanning over a decade get a
+    log scale (a narrower log axis would show one tick label or none).
 
     Arguments:
         metrics: a list of records, each with "step" and any numeric metrics ("loss", "lr",
@@ -430,7 +431,9 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
                 ax.plot(xs, ys, label=label, **style)
                 values += ys
         low, high = min(values), max(values)
-        if low > 0 and ("loss" in name or (name == "steps_per_s" and high > 10 * low)):
+        # a log axis only where the series spans enough of a decade to carry its tick labels
+        if low > 0 and high > (3 if "loss" in name else 10) * low and (
+                "loss" in name or name == "steps_per_s"):
             ax.set_yscale("log")
         else:
             ax.ticklabel_format(axis="y", useOffset=False, scilimits=(-3, 4))
