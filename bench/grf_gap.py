@@ -65,7 +65,6 @@ def main():
     mean = 0.0 if pre.mean is None else float(np.asarray(pre.mean).reshape(-1)[0])
     std = 1.0 if pre.std is None else float(np.asarray(pre.std).reshape(-1)[0])
     x0 = (ds.test[:num, 0].astype(np.float64) - mean) / std
-    kind = exp.conditioning.kind
     if ds.name == "grf":
         lam = grf.spectrum(n, par[:, 0], par[:, 1]) / std**2  # eigenvalues in model units
         mu = -mean / std  # the fields have mean zero in data units
@@ -75,7 +74,7 @@ def main():
         lam = np.broadcast_to(sr.posterior_modes(n)[1] / std**2, x0.shape)
         mu = (sr.posterior_mean(y) - mean) / std
         observed = sr.lowpass_mask(n) > 0
-    cond = exp.cond(par) if kind else {}
+    cond = exp.cond(par)  # {} for an unconditional model
 
     @eqx.filter_jit
     def score(t, x, c):
@@ -97,16 +96,17 @@ def main():
         e = 0.5 * g2 * float(sq.mean())
         e_obs = 0.5 * g2 * float(err[:, observed].sum(-1).mean())
         rows.append({"t": float(t), "e": e, "per_log_t": float(t) * e, "observed": e_obs,
-                         "rel": float(sq.mean() / np.sum(true**2, axis=(1, 2)).mean())})
-    per_log_t = np.array([r["per_log_t"] for r in rows])
-    dlog = np.diff(np.log(times))
-    total = float(np.sum(0.5 * (per_log_t[1:] + per_log_t[:-1]) * dlog))  # trapezoid in log t
-    obs_log_t = times * np.array([r["observed"] for r in rows])
-    total_obs = float(np.sum(0.5 * (obs_log_t[1:] + obs_log_t[:-1]) * dlog))
+                     "rel": float(sq.mean() / np.sum(true**2, axis=(1, 2)).mean())})
+
+    def integral(key):  # of e(t) dt as the trapezoid rule in log t on t e(t)
+        f = times * np.array([r[key] for r in rows])
+        return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(np.log(times))))
+
+    total, total_obs = integral("e"), integral("observed")
 
     print(f"\n{args.workdir} (step {int(state.step)}), {num} test fields, {cfg.model.net} "
           f"prediction={cfg.model.prediction}, weighting={cfg.train.weighting}")
-    print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'observed':>10}{'rel err':>10}")
+    print(f"  {'t':>9}{'e(t)':>13}{'per log t':>11}{'obs/log t':>10}{'rel err':>10}")
     for r in rows:
         print(f"  {r['t']:9.2e}{r['e']:13.3f}{r['per_log_t']:11.4f}"
               f"{r['t'] * r['observed']:10.4f}{r['rel']:10.2e}")

@@ -11,7 +11,8 @@ three ways on the same test points:
    settings) minus the exact -log p(x | y); its mean and standard error over the fields, in
    bits/dim (nats / (D ln 2), D = 256);
 2. posterior moments: for `obs` test observations, `per` model samples each (the config's
-   sampler, or the one `--set sample.method=... sample.steps=...` names) against the exact mean mu(y) and the exact per-pixel std s (the same at every pixel):
+   sampler, or the one `--set sample.method=... sample.steps=...` names) against the exact mean
+   mu(y) and the exact per-pixel std s (the same at every pixel):
    the RMS over pixels of (sample mean - mu) / s, and mean sample std / s; and, held against
    -H(x | y), the exact log p(x | y) of the samples. The same statistics of `per` exact
    posterior draws are the floor: a sample mean of `per` draws misses mu by s / sqrt(per);

@@ -5,8 +5,8 @@ Fields have P(k) = |k|^-2; the observation keeps the modes |k| <= 3 and adds whi
 circularly (the fields live on a torus). Its residual blocks also mix channels in Fourier space
 (`model.spectral_modes`): the posterior's score has a sharp jump in gain at the cutoff, which 3x3
 convolutions can only approximate. Training targets the likelihood: v prediction, likelihood
-weighting with importance-sampled times, EMA 0.995. The posterior p(x | y) is Gaussian and known exactly, so
-the held-out conditional NLL is reported next to the exact one on the same points (`true_nll`) and
+weighting with importance-sampled times, EMA 0.995. The posterior p(x | y) is Gaussian and known
+exactly, so the held-out conditional NLL is reported next to the exact one on the same points (`true_nll`) and
 the conditional entropy (`entropy`), which no model can beat on held-out data.
 """
 
@@ -19,8 +19,9 @@ config = Config(
     # to train for classifier-free guidance, sample.guidance to use it)
     model=ModelConfig(net="unet", base=16, channel_mults=(1, 2), conditional=True, periodic=True,
                       spectral_modes=4, prediction="v"),
-    # 3000 steps: 32 min on 2 idle CPU cores (1.59 steps/s); held-out paired gap 0.0007 +- 0.0030
-    # bits/dim on 40 fields (bench/grf_superres.py), 0.314 with the sigma^2/eps recipe
+    # 3000 steps at 1.59 steps/s (2 idle CPU cores, timed over 300 steps): ~32 min; held-out
+    # paired gap 0.0007 +- 0.0030 bits/dim on 40 fields (bench/grf_superres.py), 0.314 with the
+    # earlier sigma^2/eps recipe
     train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, ema=0.995, weighting="likelihood",
                       importance=True),
     sample=SampleConfig(method="em", steps=500, num=16),

@@ -401,6 +401,14 @@ def curve_panels(metrics: Sequence[Mapping[str, object]]
     return varying or panels
 
 
+def log_axis(name: str, values: Sequence[float]) -> bool:
+    """Whether a training-curve panel gets a log scale: losses spanning over a factor 3 and a
+    steps/s spanning over a decade (a narrower log axis shows one tick label or none)."""
+    span = 3.0 if "loss" in name else 10.0 if name == "steps_per_s" else None
+    low, high = min(values), max(values)
+    return span is not None and low > 0 and high > span * low
+
+
 def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.PathLike, *,
                     title: str | None = None) -> Path:
     """Metrics against "step", one panel per quantity, training and held-out series together.
@@ -408,8 +416,7 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
     "loss" and "eval_loss" share a panel (the training series as a line, the held-out one as
     points joined by lines), as do "eval_nll" and "test_nll", and so on; a panel whose series are
     all constant (a single point included: "skipped" = 0, a one-off held-out value) is left out,
-    unless every panel is. Losses spanning over a factor 3 and a steps/s spanning over a decade get a
-    log scale (a narrower log axis would show one tick label or none).
+    unless every panel is. Log scales as `log_axis` decides.
 
     Arguments:
         metrics: a list of records, each with "step" and any numeric metrics ("loss", "lr",
@@ -430,10 +437,7 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
                 xs, ys = series[prefix]
                 ax.plot(xs, ys, label=label, **style)
                 values += ys
-        low, high = min(values), max(values)
-        # a log axis only where the series spans enough of a decade to carry its tick labels
-        if low > 0 and high > (3 if "loss" in name else 10) * low and (
-                "loss" in name or name == "steps_per_s"):
+        if log_axis(name, values):
             ax.set_yscale("log")
         else:
             ax.ticklabel_format(axis="y", useOffset=False, scilimits=(-3, 4))

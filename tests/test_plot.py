@@ -170,6 +170,14 @@ def test_training_curves_figure(tmp_path):
     check_png(path, sgm.plot.training_curves(metrics, path, title="run"))
 
 
+def test_log_axis_only_where_the_series_spans_enough():
+    assert sgm.plot.log_axis("loss", [0.06, 0.6]) and sgm.plot.log_axis("eval_loss", [1.0, 3.5])
+    assert not sgm.plot.log_axis("loss", [9.1, 13.8])  # the default run's: one tick on a log axis
+    assert sgm.plot.log_axis("steps_per_s", [0.2, 2.5])
+    assert not sgm.plot.log_axis("steps_per_s", [40.0, 80.0])
+    assert not sgm.plot.log_axis("lr", [1e-5, 1e-3]) and not sgm.plot.log_axis("loss", [-1.0, 5.0])
+
+
 def test_pick_frames():
     levels = np.linspace(-10.0, 9.0, 501) ** 3 / 100  # monotone, unevenly spaced in index
     idx = sgm.plot.pick_frames(levels, 8)

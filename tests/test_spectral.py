@@ -20,7 +20,6 @@ jit = functools.partial(eqx.filter_jit, compiler_options={"xla_backend_optimizat
 
 def with_gain(layer: SpectralConv, gain: np.ndarray) -> SpectralConv:
     """`layer` (1 channel in and out) with the real per-mode gain `gain[k]` of an `(h, w)` grid."""
-    h, w = layer.size
     kept = np.asarray(gain)[np.ix_(layer.rows, np.arange(layer.cols))]
     layer = eqx.tree_at(lambda m: m.real, layer, jnp.asarray(kept[None, None], jnp.float32))
     return eqx.tree_at(lambda m: m.imag, layer, jnp.zeros_like(layer.imag))
@@ -46,7 +45,7 @@ def test_kept_modes_box():
     assert layer.real.shape == (3, 2, 8, 5)  # modes past Nyquist are not kept twice
 
 
-def test_spectral_layer_and_unet_commute_with_every_circular_shift_of_the_layer():
+def test_layer_commutes_with_every_circular_shift_and_the_unet_with_its_own():
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 16, 16)), jnp.float32)
     layer = SpectralConv(2, 3, (16, 16), 5, key=jax.random.key(1))
     for shift in ((1, 0), (0, 3), (5, -7)):
