@@ -30,7 +30,8 @@ from .config import Config
 from .errors import CheckpointError, ConfigError, CorruptCheckpointError
 from .likelihood import DEQUANT_BOUNDS
 from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
-from .nets import DiT, MLP, Conditioning, UNet
+from .conditioning import Conditioning
+from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .sde import (
     CosineSchedule,

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
-from .samplers import ODE_SOLVERS
+from .ode_solvers import ADAPTIVE, ode_solver
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -57,7 +57,7 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
     return jax.random.normal(key, (probes, dim), dtype)
 
 
-SOLVERS = ("auto", *(name for name, (_, adaptive, _) in ODE_SOLVERS.items() if adaptive))
+SOLVERS = ("auto", *ADAPTIVE)
 CLOCKS = ("auto", "t", "logt", "logsnr")
 STEPPING = ("point", "batch")
 
@@ -92,7 +92,7 @@ def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solv
     x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     shape = x.shape[1:]
     dim = math.prod(shape)
-    make, _, per_step = ODE_SOLVERS[solver]
+    make, _, per_step = ode_solver(solver)
     u0, u1, t_of = _clock(sde, clock, t0)
 
     def marginal_scale(t):

@@ -48,7 +48,7 @@ Methods:
 - "heun", "dpm2m", "dpm3m", "unipc": few-step probability-flow ODE solvers in sigma = std/scale
           (EDM's Heun with optional churn; DPM-Solver++(2M) and (3M); UniPC, a third-order
           multistep predictor with a corrector that re-uses the next evaluation), ending on x_0
-          (see `sgm.fast`).
+          (see `sgm.sigma_solvers`).
 
 "ddpm" and "ddim" use the Gaussian kernel x_t = a(t) x_0 + s(t) eps of the SDE on a time grid
 1 = t_N > ... > t_1 = t_end > t_0 = 0: with alpha = a_i / a_{i-1} and v = s_i^2 - alpha^2 s_{i-1}^2,
@@ -70,20 +70,12 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .fast import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
+from .ode_solvers import ode_solver
 from .parallel import constrain
 from .score import tweedie_x0
+from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
 from .sde import AbstractBetaSDE, AbstractSDE
 
-ODE_SOLVERS = {
-    # name: (constructor, adaptive, new vector-field evaluations per step)
-    "tsit5": (diffrax.Tsit5, True, 6),
-    "dopri5": (diffrax.Dopri5, True, 6),
-    "dopri8": (diffrax.Dopri8, True, 13),
-    "euler": (diffrax.Euler, False, 1),
-    "heun": (diffrax.Heun, False, 2),
-    "midpoint": (diffrax.Midpoint, False, 2),
-}
 ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
 COMMON = ("steps", "t_end", "denoise", "clip", "progress", "return_path")
 
@@ -106,7 +98,7 @@ class BatchedScore(eqx.Module):
 
 def progress_hook(progress: Callable[[float, int], None] | None):
     """The user's `progress(done, total)` as a hook that traced code calls: a host callback, or
-    nothing at all when `progress` is None. Used by every sampler (here and in `sgm.fast`)."""
+    nothing at all when `progress` is None. Used by every sampler (here and in `sgm.sigma_solvers`)."""
     if progress is None:
         return lambda done, total: None
 
@@ -154,7 +146,7 @@ def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
 def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
          solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384):
     """The probability-flow ODE from t1 to t_end: adaptive (PID) or `steps` fixed steps."""
-    make, adaptive, per_step = _ode_solver(solver)
+    make, adaptive, per_step = ode_solver(solver)
     t1 = sde.t1
     info = {}
 
@@ -197,16 +189,10 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
     return x, info
 
 
-def _ode_solver(solver):
-    if solver not in ODE_SOLVERS:
-        raise ConfigError(f"unknown ODE solver {solver!r}; expected one of {', '.join(ODE_SOLVERS)}")
-    return ODE_SOLVERS[solver]
-
-
 def _ode_nfe(steps, denoise, solver="tsit5", **_):
     """Score calls of the fixed-step ODE: k per step (euler 1, heun/midpoint 2), + 1 for `denoise`;
     None for the adaptive solvers, whose count `_ode` measures."""
-    _, adaptive, per_step = _ode_solver(solver)
+    _, adaptive, per_step = ode_solver(solver)
     if adaptive:
         return None
     return (ODE_FIXED_STEPS if steps is None else steps) * per_step + int(denoise)

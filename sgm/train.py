@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .data import Preprocess
 from .errors import NumericalError
-from .nets import Conditioning
+from .conditioning import Conditioning
 
 # optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm

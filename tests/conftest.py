@@ -34,7 +34,7 @@ def key():
     return jax.random.key(0)
 
 
-# A 2-D mixture whose closed-form score drives the samplers in test_sample.py and test_fast.py.
+# A 2-D mixture whose closed-form score drives the samplers in test_sample.py and test_sigma_solvers.py.
 MIXTURE = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.5, 0.4], [0.3, 0.6]])
 
 

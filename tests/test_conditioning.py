@@ -26,7 +26,8 @@ from sgm import train
 from sgm.data import Batches, Preprocess
 from sgm.data import grf_superres as superres
 from sgm.loss import dsm_loss
-from sgm.nets import MLP, Conditioning, DiT, UNet
+from sgm.conditioning import Conditioning
+from sgm.nets import MLP, DiT, UNet
 from sgm.nets.embeddings import with_condition_image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from sgm.errors import ConfigError
-from sgm.nets import MLP, Conditioning, DiT, UNet, drop_labels, param_count
+from sgm.conditioning import Conditioning, drop_labels
+from sgm.nets import MLP, DiT, UNet, param_count
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 
 NETS = ["mlp", "unet", "dit"]

@@ -18,7 +18,8 @@ import pytest
 from conftest import count_score_calls
 
 import sgm
-from sgm.samplers import ODE_SOLVERS, SAMPLERS
+from sgm.ode_solvers import ODE_SOLVERS
+from sgm.samplers import SAMPLERS
 from sgm.score import tweedie_x0
 
 MU = jnp.array([0.5, -1.0, 2.0])

@@ -16,13 +16,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from sgm.nets.embeddings import (
-    ConditionEmbedding,
-    Conditioning,
-    TimeEmbedding,
-    drop_labels,
-    time_features,
-)
+from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 from sgm.nets.mlp import MLP
 from sgm.nets.transformer import DiT
 from sgm.nets.unet import UNet
@@ -30,11 +24,9 @@ from sgm.nets.unet import UNet
 __all__ = [
     "MLP",
     "ConditionEmbedding",
-    "Conditioning",
     "DiT",
     "TimeEmbedding",
     "UNet",
-    "drop_labels",
     "param_count",
     "time_features",
 ]

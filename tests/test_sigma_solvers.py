@@ -11,7 +11,7 @@ from conftest import MIXTURE as GM
 from conftest import SDES3, all_sdes, assert_reproduces_mixture, count_score_calls
 
 import sgm
-from sgm.fast import SHORT_GRID, multistep_orders, sigma_grid
+from sgm.sigma_solvers import SHORT_GRID, multistep_orders, sigma_grid
 
 # A Gaussian in 3-D: under the probability-flow ODE each coordinate keeps its z-score,
 #   x_t = a(t) mu + sqrt(a(t)^2 v + s(t)^2) (x_1 - a(1) mu) / sqrt(a(1)^2 v + s(1)^2),

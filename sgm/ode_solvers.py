@@ -1,0 +1,40 @@
+"""The table of diffrax ODE solvers that the probability-flow sampler and the likelihood share.
+
+Each entry is `name: OdeSolver(make, adaptive, evals_per_step)`: the diffrax solver's constructor,
+whether it has an embedded error estimate (and so runs under a PID step-size controller), and the
+new vector-field evaluations one step costs (FSAL solvers reuse their last stage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax
+
+from .errors import ConfigError
+
+
+class OdeSolver(NamedTuple):
+    make: Callable[[], diffrax.AbstractSolver]
+    adaptive: bool
+    evals_per_step: int
+
+
+ODE_SOLVERS: dict[str, OdeSolver] = {
+    "tsit5": OdeSolver(diffrax.Tsit5, True, 6),
+    "dopri5": OdeSolver(diffrax.Dopri5, True, 6),
+    "dopri8": OdeSolver(diffrax.Dopri8, True, 13),
+    "euler": OdeSolver(diffrax.Euler, False, 1),
+    "heun": OdeSolver(diffrax.Heun, False, 2),
+    "midpoint": OdeSolver(diffrax.Midpoint, False, 2),
+}
+#: the adaptive entries (those the likelihood can use)
+ADAPTIVE = tuple(name for name, s in ODE_SOLVERS.items() if s.adaptive)
+
+
+def ode_solver(name: str) -> OdeSolver:
+    """The entry `name` of `ODE_SOLVERS`, or a ConfigError listing the valid names."""
+    if name not in ODE_SOLVERS:
+        raise ConfigError(f"unknown ODE solver {name!r}; expected one of {', '.join(ODE_SOLVERS)}")
+    return ODE_SOLVERS[name]
