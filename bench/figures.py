@@ -28,7 +28,7 @@ import lineax as lx
 import numpy as np
 
 import sgm
-import plots
+from sgm import plot_grids
 from sgm.data import toy
 
 SDES = {"VP": sgm.VPSDE(), "SubVP": sgm.SubVPSDE(), "VE": sgm.VESDE()}
@@ -87,7 +87,7 @@ def fig_sde_paths(out: Path, key, num: int = 2000, steps: int = 500) -> Path:
         paths[f"{name} reverse (em)"] = (ts, info["path"])
         marginals[f"{name} reverse (em)"] = (exact_logp_1d(gm, sde, ts[0]),
                                              exact_logp_1d(gm, sde, ts[-1]))
-    return plots.sde_paths(
+    return plot_grids.sde_paths(
         paths, out / "sde_paths.png", marginals=marginals, ncols=3,
         title="1-D mixture 0.35 N(-1.5, 0.35²) + 0.65 N(1.5, 0.3²): histograms of "
               f"{num} paths vs exact marginals p_t (black)")
@@ -109,7 +109,7 @@ def fig_analytic_samples(out: Path, key, num: int = 2000) -> Path:
             ok = jnp.all(jnp.isfinite(x), axis=1)
             lp = float(jnp.mean(jnp.where(ok, logp(jnp.where(ok[:, None], x, 0.0)), jnp.nan)))
             panels[f"{name} {method}, {int(info['nfe'])} NFE\nmean log p {lp:.3f}"] = x
-    return plots.scatter_grid(
+    return plot_grids.scatter_grid(
         panels, out / "analytic_samples.png", ncols=1 + len(METHODS), lim=4.2,
         title=f"Eight Gaussians from the exact score: {num} samples per sampler "
               f"(exact mean log p = -entropy = {-toy.entropy('eight_gaussians'):.3f})")
@@ -122,9 +122,9 @@ def fig_toys(out: Path, seed: int, num: int = 5000) -> Path:
         panels[name] = toy.sample(name, num, seed)
         if name in toy.WITH_DENSITY:
             panels[f"{name}: exact density"] = lambda x, name=name: toy.log_prob(name, x)
-    return plots.scatter_grid(panels, out / "toys.png", ncols=4, lim=4.5, n=300,
-                                 title=f"Embedded 2-D toys ({num} samples each) and the densities "
-                                       "known in closed form")
+    return plot_grids.scatter_grid(panels, out / "toys.png", ncols=4, lim=4.5, n=300,
+                                   title=f"Embedded 2-D toys ({num} samples each) and the "
+                                         "densities known in closed form")
 
 
 def main(argv=None) -> None:

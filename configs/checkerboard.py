@@ -1,7 +1,7 @@
 """Checkerboard (2-D, uniform on 8 squares of area 4: entropy ln 32 = 3.466 nats).
 
 v prediction with likelihood weighting and importance-sampled time, as the default experiment
-(README, "Maximum likelihood": held-out gap 0.056 nats; 0.20 in an earlier run with eps and sigma^2
+(docs/results/maximum-likelihood.md: held-out gap 0.056 nats; 0.20 in an earlier run with eps and sigma^2
 weighting).
 """
 

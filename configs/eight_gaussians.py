@@ -1,7 +1,7 @@
 """Eight Gaussians on a circle (2-D, known density; entropy 2.83 nats): the default experiment.
 
 The recipe is the best of `bench/sweep.py` at about two minutes of training on a 2-core CPU
-(README, "Maximum likelihood"): v prediction, likelihood weighting with importance-sampled time,
+(docs/results/maximum-likelihood.md): v prediction, likelihood weighting with importance-sampled time,
 and a small network run for more steps on larger batches.
 """
 

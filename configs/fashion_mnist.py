@@ -4,7 +4,7 @@
 /usr/share/datasets/fashion-mnist, where `data.name=fashion_mnist` reads them (or set data.root
 to another folder of them). The UNet runs at 28 -> 14 -> 7 with attention at 7x7 (7.0M
 parameters); classifier-free guidance from 10% label dropout. A GPU run is the intended use: see
-the README for steps/s and time (60k steps of batch 128 are 128 epochs).
+docs/results/devices.md for steps/s and time (60k steps of batch 128 are 128 epochs).
 """
 
 from sgm.config import Config, DataConfig, LikelihoodConfig, ModelConfig, SampleConfig, TrainConfig

@@ -1,7 +1,7 @@
 """Two moons (2-D; no closed-form density, so the held-out NLL is reported alone).
 
 v prediction with likelihood weighting and importance-sampled time, as the default experiment:
-held-out NLL 2.416 nats against 2.458 with eps and sigma^2 weighting (README, "Maximum likelihood").
+held-out NLL 2.416 nats against 2.458 with eps and sigma^2 weighting (docs/results/maximum-likelihood.md).
 """
 
 from sgm.config import Config, DataConfig, ModelConfig, TrainConfig

@@ -5,9 +5,11 @@ Besides `main.py` this is the only module that reads a `Config`. It holds one re
 score parameterisations come from the modules that implement them), checks every name against its
 registry before anything is built or written (`check`), and turns the config's sections into the
 objects the library takes: SDE, network, score model, preprocessing, optimizer, dataset, batches,
-and the keyword arguments of `sgm.sample`, `sgm.log_likelihood` and the loss. `experiment` does
-the whole build, including the resume sequence (init, then the latest checkpoint, refused if it was
-written for another model); `load_run` gives a finished run back from its work directory.
+and the keyword arguments of `sgm.sample`, `sgm.log_likelihood` and the loss. `load` reads a
+config file with its overrides and checks it; `experiment` does the whole build, including the
+resume sequence (init, then the latest checkpoint, refused if it was written for another model);
+`resume` re-reads the latest checkpoint alone; `load_run` gives a finished run back from its work
+directory.
 """
 
 from __future__ import annotations
@@ -151,6 +153,18 @@ def check(cfg: Config) -> Config:
     return cfg
 
 
+def load(path, sets=()) -> Config:
+    """The config of a command: the file `path`'s `config`, the `section.field=value` overrides
+    `sets` applied in order (a later one wins), checked (`check`); raises ConfigError."""
+    return check(C.override(C.load_file(path), list(sets)))
+
+
+def to_dict(cfg: Config) -> dict:
+    """`cfg` as plain data: config.json, the checkpoints' metadata (which `experiment` holds a
+    resumed run to) and the trackers' hyperparameters."""
+    return C.to_dict(cfg)
+
+
 # --------------------------------------------------------------------------------------- objects
 
 
@@ -181,11 +195,11 @@ def build_conditioning(cfg: Config, ds: data.Dataset) -> Conditioning:
 
 
 def build_model(cfg: Config, ds: data.Dataset, sde, cond: Conditioning, *, key) -> ScoreModel:
-    extra = dict(num_classes=cond.num_classes, param_dim=ds.param_dim if cond.kind == "param" else None,
+    extra = dict(num_classes=cond.num_classes, param_dim=ds.param_dim if cond.uses_param else None,
                  dropout=cfg.model.dropout, key=key)
-    if cond.kind == "image" and cfg.model.net == "mlp":  # the MLP concatenates the image's numbers
+    if cond.uses_image and cfg.model.net == "mlp":  # the MLP concatenates the image's numbers
         extra["cond_dim"] = math.prod(ds.cond_shape)
-    elif cond.kind == "image":  # the UNet and DiT its channels
+    elif cond.uses_image:  # the UNet and DiT its channels
         extra["cond_channels"] = ds.cond_shape[0]
     return ScoreModel(NETS[cfg.model.net](cfg.model, ds, extra), sde, prediction=cfg.model.prediction,
                       dtype=cfg.model.dtype)
@@ -261,13 +275,14 @@ class Experiment:
         return self.conditioning(None if raw is None else jnp.asarray(raw))
 
     def train(self, state, *, mesh, **hooks) -> train.TrainState:
-        """Trains `state` to `train.steps` (hooks: ckpt_dir, on_log, on_eval, progress, metadata)."""
+        """Trains `state` to `train.steps` (hooks: ckpt_dir, on_log, on_eval, progress, metadata)
+        with the batch split over `mesh` (`experiment(..., mesh=mesh)` checks that it splits)."""
         t = self.cfg.train
-        parallel.check_batch(t.batch_size, mesh)
         loss = functools.partial(_loss, options=loss_options(self.cfg))
         step = train.make_step(loss, self.optimizer, self.preprocess, ema=t.ema,
                                conditioning=self.conditioning, grad_accum=t.grad_accum)
-        arrays = (self.ds.train, self.ds.train_cond) if self.conditioning.kind else self.ds.train
+        conditional = self.conditioning.keyword is not None
+        arrays = (self.ds.train, self.ds.train_cond) if conditional else self.ds.train
         batches = data.Batches(arrays, t.batch_size, t.seed, start_step=int(state.step),
                                process_index=jax.process_index(), process_count=jax.process_count())
         return train.train(step, state, batches, key=jax.random.key(t.seed), steps=t.steps, mesh=mesh,
@@ -310,11 +325,11 @@ class Experiment:
         """Raw conditions of `num` samples: labels 0, 1, 2, ... cycling, or the parameters or
         conditioning images of the first (up to 8) test points, cycling; None for an
         unconditional model."""
-        if self.conditioning.kind == "label":
+        if self.conditioning.keyword is None:
+            return None
+        if self.conditioning.uses_label:
             return np.arange(num) % self.ds.num_classes
-        if self.conditioning.kind in ("param", "image"):
-            return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
-        return None
+        return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
 
     def samples(self, model, *, num: int | None = None, mesh=None, **overrides):
         """`(samples in data units, info, raw conditions)` with the config's sampler."""
@@ -323,7 +338,7 @@ class Experiment:
         total = num if mesh is None else num + -num % mesh.devices.size
         raw = self.sample_conditions(total)
         score = model
-        if self.conditioning.kind in ("label", "image"):
+        if self.conditioning.guidable:
             score = GuidedScore(model, None, self.ds.num_classes, s.guidance)
         opts = {**sample_options(self.cfg), **overrides}
         x, info = evaluate.draw_samples(score, model.sde, self.preprocess, self.ds.shape, num=total,
@@ -336,33 +351,59 @@ def _loss(model, x, cond, key, *, options):
     return dsm_loss(model, model.sde, x, key=key, cond=cond, **options)
 
 
-def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False) -> Experiment:
-    """Checks `cfg`, builds every object and the train state, resumed from `ckpt_dir`'s latest
-    checkpoint when there is one (refused if it holds another model's weights or config)."""
-    check(cfg)
-    ds = build_dataset(cfg)
+def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False, mesh=None,
+               checked: bool = False) -> Experiment:
+    """Builds every object of `cfg` and the train state, resumed from `ckpt_dir`'s latest checkpoint
+    when there is one (`resume`; `need_checkpoint`: refuse to go on without one).
+
+    First the checks, each once: `cfg` itself (`check`; not again with `checked=True`, for a config
+    that passed it, as `load`'s does), that train.batch_size splits over the devices of `mesh` (when
+    given: the mesh `Experiment.train` will get), and over the training set and the processes.
+    """
+    if not checked:
+        check(cfg)
     t = cfg.train
+    if mesh is not None:
+        parallel.check_batch(t.batch_size, mesh)
+    ds = build_dataset(cfg)
     data.loader.check_batches(ds.train.shape[0], t.batch_size, jax.process_index(),
                               jax.process_count(), what="train.batch_size")
     sde = build_sde(cfg)
     cond = build_conditioning(cfg, ds)
-    model = build_model(cfg, ds, sde, cond, key=jax.random.key(cfg.train.seed))
     optimizer = build_optimizer(cfg)
-    state = train.init_state(model, optimizer)
+    exp = Experiment(cfg, ds, sde, cond, build_preprocess(cfg, ds), optimizer,
+                     _new_state(cfg, ds, sde, cond, optimizer))
+    return resume(exp, ckpt_dir, need_checkpoint=need_checkpoint)
+
+
+def _new_state(cfg: Config, ds, sde, cond: Conditioning, optimizer) -> train.TrainState:
+    model = build_model(cfg, ds, sde, cond, key=jax.random.key(cfg.train.seed))
+    return train.init_state(model, optimizer)
+
+
+def resume(exp: Experiment, ckpt_dir, *, need_checkpoint: bool = False) -> Experiment:
+    """`exp` with the train state of `ckpt_dir`'s latest checkpoint (refused if it holds another
+    model's weights or config), or a new state when there is none; nothing else is built or checked
+    again (for a checkpoint another command wrote after `exp` was built)."""
     found = [] if ckpt_dir is None else ckpt.list_checkpoints(ckpt_dir)
     last = found[-1] if found else None
-    if last is not None:
-        try:
-            state, manifest = ckpt.load(last, state)
-        except CorruptCheckpointError as e:
-            if len(found) == 1:
-                raise
-            raise CorruptCheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
-                                         f"{found[-2].name}.") from None
-        _same_model(cfg, manifest, last)
-    elif need_checkpoint:
-        raise CheckpointError(f"no checkpoint in {ckpt_dir}: run with --mode train (or all) first.")
-    return Experiment(cfg, ds, sde, cond, build_preprocess(cfg, ds), optimizer, state, last)
+    if last is None:
+        if need_checkpoint:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir}: run with --mode train (or all) "
+                                  f"first.")
+        if exp.checkpoint is None:
+            return exp
+        state = _new_state(exp.cfg, exp.ds, exp.sde, exp.conditioning, exp.optimizer)
+        return dataclasses.replace(exp, state=state, checkpoint=None)
+    try:
+        state, manifest = ckpt.load(last, exp.state)  # `exp.state` gives the structure
+    except CorruptCheckpointError as e:
+        if len(found) == 1:
+            raise
+        raise CorruptCheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
+                                     f"{found[-2].name}.") from None
+    _same_model(exp.cfg, manifest, last)
+    return dataclasses.replace(exp, state=state, checkpoint=last)
 
 
 def _same_model(cfg: Config, manifest: dict, path) -> None:

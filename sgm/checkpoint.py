@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import CheckpointError, CorruptCheckpointError
+from .npz import oversized
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
 _MANIFEST = "__manifest__"
@@ -146,20 +147,35 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 def read_manifest(path: str | Path) -> dict:
     """The manifest of a checkpoint file (raises CheckpointError if unreadable)."""
     path = Path(path)
+    if (big := oversized(path)) is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: the header of array {big} "
+                                     f"claims more data than the file holds.")
     try:
         with np.load(path, allow_pickle=False) as f:
-            return json.loads(bytes(f[_MANIFEST]).decode())
+            manifest = json.loads(bytes(f[_MANIFEST]).decode())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found.") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable or not an sgm checkpoint "
                                      f"({e}).") from None
+    leaves = manifest.get("leaves") if isinstance(manifest, dict) else None
+    if not (isinstance(leaves, list) and all(isinstance(x, dict) and isinstance(x.get("path"), str)
+                                             and isinstance(x.get("shape"), list)
+                                             and isinstance(x.get("dtype"), str) for x in leaves)
+            and isinstance(manifest.get("metadata", {}), dict)
+            and type(manifest.get("step")) is int and manifest["step"] >= 0):
+        raise CorruptCheckpointError(f"checkpoint {path} has a damaged manifest: expected an object "
+                                     f"with a non-negative step, a list of leaves (path, shape, "
+                                     f"dtype) and a metadata object.")
+    return manifest
 
 
 def load(path: str | Path, template):
     """Reads a checkpoint into the structure of `template`; returns `(tree, manifest)`.
 
-    Raises CheckpointError naming the first leaf whose path, shape or dtype differs.
+    Raises CheckpointError naming the first leaf whose path, shape or dtype differs, and
+    CorruptCheckpointError for a damaged file: an array header claiming more data than the file
+    holds, a manifest of the wrong structure, or a floating-point array holding NaN or inf.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -184,6 +200,9 @@ def load(path: str | Path, template):
                     raise CorruptCheckpointError(
                         f"checkpoint {path} is corrupt: array {p} holds {what}, but its manifest "
                         f"and the configured model say {a.shape} {a.dtype}.")
+                if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+                    raise CorruptCheckpointError(
+                        f"checkpoint {path} is damaged: array {p} holds NaN or inf.")
                 values.append(value)
     except CheckpointError:
         raise

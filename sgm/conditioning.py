@@ -14,6 +14,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .errors import ConfigError
@@ -66,6 +67,9 @@ class Conditioning(eqx.Module):
     (`{"label": ...}`, `{"param": ...}`, `{"image": ...}` or `{}`); with a `key` and
     `label_dropout > 0` each label or image is replaced by the null with that probability
     (training for guidance).
+
+    What callers need to know of the kind they ask through `keyword`, `uses_label`,
+    `uses_param`, `uses_image`, `guidable` and `describe`, never by comparing `kind`.
     """
 
     kind: str | None = eqx.field(static=True, default=None)
@@ -84,6 +88,45 @@ class Conditioning(eqx.Module):
                 and self.image_scale > 0):
             raise ConfigError(f"image conditioning needs a finite shift and a positive scale, got "
                               f"{self.image_shift} and {self.image_scale}.")
+
+    @property
+    def keyword(self) -> str | None:
+        """The keyword the networks take the condition by ("label", "param", "image"), or None
+        for an unconditional model."""
+        return self.kind
+
+    @property
+    def uses_label(self) -> bool:
+        """Whether the network takes `label=` (built with `num_classes`)."""
+        return self.kind == "label"
+
+    @property
+    def uses_param(self) -> bool:
+        """Whether the network takes `param=` (built with the parameter vector's length)."""
+        return self.kind == "param"
+
+    @property
+    def uses_image(self) -> bool:
+        """Whether the network takes `image=` (built with the conditioning image's channels)."""
+        return self.kind == "image"
+
+    @property
+    def guidable(self) -> bool:
+        """Whether the condition has a null (labels: `num_classes`; images: all NaN), so that one
+        network is both conditional and unconditional and classifier-free guidance applies."""
+        return self.kind in ("label", "image")
+
+    def describe(self, cond) -> list[str] | Float[Array, "batch c h w"] | None:
+        """Captions of a batch of raw conditions for a figure: "label 3" per label, "(0.5, 2)"
+        per parameter vector (2 significant digits), the conditioning images themselves
+        `(N, C', h, w)` (drawn, not written); None for an unconditional model or no `cond`."""
+        if self.kind is None or cond is None:
+            return None
+        if self.kind == "label":
+            return [f"label {int(c)}" for c in cond]
+        if self.kind == "param":
+            return ["(" + ", ".join(f"{v:.2g}" for v in np.ravel(c)) + ")" for c in cond]
+        return cond  # images
 
     def __call__(self, cond, *, key: Key | None = None) -> dict:
         if self.kind is None or cond is None:

@@ -228,6 +228,11 @@ def load_file(path: str | Path) -> Config:
     config = getattr(module, "config", None)
     if not isinstance(config, Config):
         raise ConfigError(f"config file {str(path)!r} must define `config = Config(...)`.")
+    for f in dataclasses.fields(Config):
+        cls = _hints(Config)[f.name]
+        if f.name != "name" and not isinstance(getattr(config, f.name), cls):
+            raise ConfigError(f"config file {str(path)!r} sets {f.name}="
+                              f"{getattr(config, f.name)!r}: expected {cls.__name__}(...).")
     return config
 
 
@@ -258,6 +263,15 @@ def to_json(config: Config) -> str:
     return json.dumps(to_dict(config), indent=2)
 
 
+#: bounds that every numeric field is held to before anything runs: seeds fit a signed 64-bit
+#: integer (JAX's and numpy's seeds), counts a signed 32-bit one (step counters, array sizes), the
+#: sampler's steps a grid that fits in memory, the likelihood's relative tolerance float32's resolution
+SEED_LIMIT = 2**63
+COUNT_LIMIT = 2**31 - 1
+STEP_LIMIT = 10**6
+TOLERANCE_FLOOR = 2.0**-23
+
+
 def _expect(cond: bool, where: str, value, expected: str) -> None:
     if not cond:
         raise ConfigError(f"{where}={value!r} is invalid: expected {expected}.")
@@ -272,7 +286,8 @@ def validate(config: Config) -> Config:
     for sec in dataclasses.fields(config):
         section = getattr(config, sec.name)
         if sec.name == "name":
-            _expect(isinstance(section, str) and section, "name", section, "a non-empty string")
+            _expect(isinstance(section, str) and section and section.isprintable(), "name", section,
+                    "a non-empty string of printable characters (it names the work directory)")
             continue
         for fld, tp in _hints(type(section)).items():
             v = getattr(section, fld)
@@ -302,7 +317,7 @@ def validate(config: Config) -> Config:
         _expect(v is None or v > 0, f"data.{f}", v, "a positive integer or none")
     for where, seed in (("data.seed", d.seed), ("train.seed", t.seed), ("sample.seed", smp.seed),
                         ("likelihood.seed", lik.seed)):
-        _expect(seed >= 0, where, seed, "a non-negative integer")
+        _expect(0 <= seed < SEED_LIMIT, where, seed, "a non-negative integer below 2**63")
     for f in ("width", "depth", "base", "num_res_blocks", "heads", "patch"):
         _expect(getattr(m, f) > 0, f"model.{f}", getattr(m, f), "a positive integer")
     _expect(len(m.channel_mults) > 0 and min(m.channel_mults) > 0, "model.channel_mults",
@@ -312,21 +327,28 @@ def validate(config: Config) -> Config:
     _expect(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
     _expect(0 <= m.label_dropout < 1, "model.label_dropout", m.label_dropout, "a probability in [0, 1)")
     for f in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "eval_num"):
-        _expect(getattr(t, f) > 0, f"train.{f}", getattr(t, f), "a positive integer")
+        _expect(0 < getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),
+                f"a positive integer of at most {COUNT_LIMIT}")
     for f in ("warmup", "eval_every", "ckpt_every"):
-        _expect(getattr(t, f) >= 0, f"train.{f}", getattr(t, f), "a non-negative integer")
+        _expect(0 <= getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),
+                f"a non-negative integer of at most {COUNT_LIMIT}")
     _expect(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
             f"a divisor of train.batch_size={t.batch_size}")
     _expect(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
     _expect(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a non-negative number")
     _expect(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a non-negative number (0: off)")
     _expect(0 <= t.ema < 1, "train.ema", t.ema, "a decay in [0, 1)")
-    _expect(smp.steps > 0, "sample.steps", smp.steps, "a positive integer")
-    _expect(smp.num > 0, "sample.num", smp.num, "a positive integer")
+    _expect(0 < smp.steps <= STEP_LIMIT, "sample.steps", smp.steps,
+            f"a positive integer of at most {STEP_LIMIT}")
+    _expect(0 < smp.num <= COUNT_LIMIT, "sample.num", smp.num,
+            f"a positive integer of at most {COUNT_LIMIT}")
     _expect(smp.t_end is None or 0 < smp.t_end < 1, "sample.t_end", smp.t_end, "a time in (0, 1)")
     _expect(smp.eta >= 0, "sample.eta", smp.eta, "a non-negative number")
     _expect(smp.snr > 0, "sample.snr", smp.snr, "a positive number")
     for f in ("num", "probes", "dequant_samples", "batch"):
-        _expect(getattr(lik, f) > 0, f"likelihood.{f}", getattr(lik, f), "a positive integer")
-    _expect(lik.rtol > 0 and lik.atol > 0, "likelihood.rtol", lik.rtol, "positive tolerances")
+        _expect(0 < getattr(lik, f) <= COUNT_LIMIT, f"likelihood.{f}", getattr(lik, f),
+                f"a positive integer of at most {COUNT_LIMIT}")
+    _expect(lik.rtol >= TOLERANCE_FLOOR, "likelihood.rtol", lik.rtol,
+            f"a relative tolerance of at least {TOLERANCE_FLOOR:.3g} (float32 resolves nothing finer)")
+    _expect(lik.atol > 0, "likelihood.atol", lik.atol, "a positive absolute tolerance")
     return config

@@ -26,4 +26,5 @@ class CorruptCheckpointError(CheckpointError):
 
 
 class NumericalError(SGMError, FloatingPointError):
-    """Training produced a NaN or inf."""
+    """A computation produced a NaN or inf (training), or a solver could not meet its tolerance
+    within its step limit."""

@@ -9,11 +9,10 @@ d log p_t(x(t)) / dt = -div v(t, x(t)), so with z = x(t1) obtained by integratin
 (forward-mode derivatives along basis vectors, `chunk` at a time, never the whole Jacobian at once)
 or Hutchinson's estimate eps^T (dv/dx) eps with probes eps held fixed along the path.
 
-The defaults were measured (bench/likelihood.py, README): the whole batch is one ODE with shared
-steps (a vmapped batch of per-point adaptive solves runs to its slowest point anyway), Dopri5 for
-VP/SubVP and Tsit5 for VE, the state rescaled to unit scale, integrated in t (log t and the log-SNR
-took more steps on every case measured). On the default eight-Gaussians model this is 337
-evaluations against 796 for per-point Tsit5, with the NLL 1e-5 from a 1e-8-tolerance reference.
+By default (see `log_likelihood`) the whole batch is one ODE with shared steps (a vmapped batch of
+per-point adaptive solves runs to its slowest point anyway), solved by Dopri5 for VP/SubVP and
+Tsit5 for VE, with the state rescaled to unit scale and integrated in t. See
+`docs/results/defaults.md` for the measurements behind these defaults.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
-from .ode_solvers import ADAPTIVE, ode_solver
+from .ode_solvers import ADAPTIVE, ode_solver, step_limit
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -87,8 +86,12 @@ def _clock(sde: AbstractSDE, clock: str, t0):
 
 
 @eqx.filter_jit
-def _solve(score, sde, x, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk, hutchinson,
-           max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale, progress_meter):
+def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
+           hutchinson, max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale,
+           progress_meter):
+    """`log_likelihood` once its arguments are checked and its defaults resolved (solver, clock,
+    t0, one key per sample). Arrays (x, cond, keys, the score's parameters) are traced; strings,
+    numbers and callables are static, so equal settings reuse one compilation."""
     x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     shape = x.shape[1:]
     dim = math.prod(shape)
@@ -182,11 +185,9 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         probe: "rademacher" or "gaussian".
         t0: start time (default `sde.t0`).
         solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", or "auto" (the
-            default): Dopri5 for VP and SubVP (fewest evaluations on trained models at the same
-            answer), Tsit5 for VE, whose flow grows like sigma(t) and whose likelihood Dopri5 misses
-            by 2e-5 nats/dim at rtol = atol = 1e-5 where Tsit5 stays within 1e-5 (bench/likelihood.py),
-            and for SubVP on a learned schedule (closed form, D = 2: 1.4e-6 against Dopri5's 1.04e-5
-            nats/dim, for 151 evaluations against 115).
+            default): Dopri5 for VP and SubVP, Tsit5 for VE (whose flow grows like sigma(t)) and
+            for SubVP on a learned schedule. See `docs/results/defaults.md` for the measurements
+            behind this default.
         chunk: basis vectors per forward-mode batch for the exact divergence.
         hutchinson: "jvp" (forward mode) or "vjp" (reverse mode) products for the estimator.
         cond: optional dict of per-sample conditioning arrays (leading axis B), passed to the
@@ -196,8 +197,8 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         clock: the time variable of the solve, "t", "logt" or "logsnr" (log sigma(t)); see
             `_clock`. The integral is the same; the number of steps is not. "auto" (the default)
             is "logsnr" on a learned schedule (the ODE in the noise level does not depend on the
-            schedule's shape, and at rtol = atol = 1e-5 stays within 1e-5 nats/dim of the closed
-            form where t does not) and "t" on every other SDE.
+            schedule's shape) and "t" on every other SDE. See `docs/results/defaults.md` for the
+            measurements behind this default.
         stepping: "batch" (the default: one solve of the whole batch with shared steps, the error
             measured over the batch, as score_sde's whole-batch solve does) or "point" (every
             sample its own steps and error control; a vmapped batch of them still runs until its
@@ -244,9 +245,15 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
     x = jnp.asarray(x)
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
     t0 = sde.t0 if t0 is None else t0
-    return _solve(score, sde, x, cond or {}, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
-                  hutchinson, max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale,
-                  diffrax.NoProgressMeter() if progress_meter is None else progress_meter)
+    fix = (f"the ODE cannot meet rtol={rtol:g}, atol={atol:g} in that many steps: loosen them "
+           f"(likelihood.rtol, likelihood.atol) or raise max_steps.")
+    with step_limit("the likelihood ODE", max_steps, fix):
+        return jax.block_until_ready(_solve(
+            score, sde, x, cond=cond or {}, keys=keys, exact=exact, rtol=rtol, atol=atol,
+            probes=probes, probe=probe, t0=t0, solver=solver, chunk=chunk, hutchinson=hutchinson,
+            max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping, pcoeff=pcoeff,
+            icoeff=icoeff, rescale=rescale,
+            progress_meter=diffrax.NoProgressMeter() if progress_meter is None else progress_meter))
 
 
 def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, hi: float = 1.0):

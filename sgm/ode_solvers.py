@@ -7,12 +7,14 @@ new vector-field evaluations one step costs (FSAL solvers reuse their last stage
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 
 
 class OdeSolver(NamedTuple):
@@ -38,3 +40,16 @@ def ode_solver(name: str) -> OdeSolver:
     if name not in ODE_SOLVERS:
         raise ConfigError(f"unknown ODE solver {name!r}; expected one of {', '.join(ODE_SOLVERS)}")
     return ODE_SOLVERS[name]
+
+
+@contextlib.contextmanager
+def step_limit(what: str, max_steps: int, fix: str) -> Iterator[None]:
+    """Turns diffrax's runtime error for a solve that ran out of steps inside the block into one
+    sentence: NumericalError("`what` took more than `max_steps` steps; `fix`"). The block must wait
+    for its results (`jax.block_until_ready`), since the error is raised when they are computed."""
+    try:
+        yield
+    except eqx.EquinoxRuntimeError as e:
+        if "maximum number of solver steps" not in str(e):
+            raise
+        raise NumericalError(f"{what} took more than max_steps={max_steps} steps; {fix}") from None

@@ -22,6 +22,16 @@ from .errors import ConfigError, SGMError
 AXIS = "data"
 
 
+def _env_int(name: str) -> int | None:
+    """The integer in environment variable `name` (None when unset or empty)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.lstrip("-").isdigit():
+        raise ConfigError(f"{name}={value!r} is invalid: expected an integer.")
+    return int(value)
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
     """Starts JAX's distributed runtime when launched as several processes.
@@ -32,11 +42,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     collectives use gloo.
     """
     coordinator = coordinator or os.environ.get("SGM_COORDINATOR")
-    num_processes = num_processes or int(os.environ.get("SGM_NUM_PROCESSES", "0") or 0) or None
-    if process_id is None and os.environ.get("SGM_PROCESS_ID"):
-        process_id = int(os.environ["SGM_PROCESS_ID"])
-    slurm = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    num_processes = num_processes or _env_int("SGM_NUM_PROCESSES") or None
+    if process_id is None:
+        process_id = _env_int("SGM_PROCESS_ID")
+    slurm = (_env_int("SLURM_NTASKS") or 1) > 1
     if coordinator is None and not slurm and (num_processes or 1) == 1:
+        if process_id not in (None, 0):
+            raise ConfigError(f"process id {process_id} is invalid without a multi-host run: give "
+                              f"the number of processes and the coordinator too (--num-processes, "
+                              f"--coordinator).")
         return
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

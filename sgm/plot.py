@@ -5,7 +5,8 @@ Every function takes numpy or jax arrays and a `path`, writes one PNG there (cre
 folders; the file appears whole or not at all) and returns the path as a `pathlib.Path`. matplotlib
 is imported inside the functions, never at module import, and drives an Agg canvas directly: no
 pyplot state and no window, on a laptop, a server or under pytest. Plots are written as 256-colour
-palette PNGs (they have few colours; the files are 2-3x smaller), RGB sample grids in full colour.
+palette PNGs (they have few colours, so the files are smaller; see `docs/results/defaults.md`),
+RGB sample grids in full colour.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .ode_solvers import ode_solver
+from .ode_solvers import ode_solver, step_limit
 from .parallel import constrain
 from .score import tweedie_x0
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
@@ -216,16 +216,11 @@ def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     eps = 2 alpha (snr |z| / |score|)^2 (norms averaged over the batch): Song et al.'s
     Algorithm 5. Its step is set by `snr`, not by the time step: on a Gaussian of variance v,
     eps ~ 2 snr^2 v, and each unadjusted Langevin step inflates the variance by ~eps^2 / v, a
-    bias that does not shrink with more steps. The trade-off, measured on the 64-D Gaussian of
-    bench/samplers.py (1000 steps, 10,000 samples, RMS std error; exact-sampling floor 0.66%):
-    on VP snr 0.16 gives 2.08% (3.1 floors) against 0.61% for the predictor alone; on VE 2.36%
-    against em's 0.70%; on an 8-D Gaussian (tests/test_sample.py, VP, 500 steps) the mean of
-    sample std / true std - 1 is -0.15% without corrector, +0.05% at snr 0.08 and +1.3% at
-    snr 0.16 (an inflation of about snr^2 / 2). So the default
-    `corrector_steps=None` follows Song et al.'s configs: no corrector on VP and SubVP (pc is
-    then em's algorithm), one step at `snr` on VE. Ask for `corrector_steps=1` on VP, or a
-    smaller `snr`, where an imperfect learned score gains more from the Langevin steps than the
-    bias costs; with the exact score it only costs.
+    bias that does not shrink with more steps. So the default `corrector_steps=None` follows
+    Song et al.'s configs: no corrector on VP and SubVP (pc is then em's algorithm), one step at
+    `snr` on VE. Ask for `corrector_steps=1` on VP, or a smaller `snr`, where an imperfect
+    learned score gains more from the Langevin steps than the bias costs; with the exact score
+    it only costs. See `docs/results/defaults.md` for the measurements behind this default.
     """
     corrector_steps = pc_corrector_steps(sde, corrector_steps)
     if not snr > 0 or not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -484,5 +479,12 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
                           f"denoise=False does not apply to it.")
     settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise),
                 "clip": None if clip is None else tuple(clip), "return_path": return_path}
-    return _run(score, sde, tuple(shape), key, num, method, settings, progress, cond, sharding,
-                options)
+    opts = dict(entry.defaults, **options)
+    if "max_steps" not in opts:
+        return _run(score, sde, tuple(shape), key, num, method, settings, progress, cond,
+                    sharding, options)
+    fix = (f"it cannot meet rtol={opts['rtol']:g}, atol={opts['atol']:g} in that many steps: "
+           f"loosen them or raise max_steps (the sampler's options).")
+    with step_limit(f"the {method} sampler", opts["max_steps"], fix):
+        return jax.block_until_ready(_run(score, sde, tuple(shape), key, num, method, settings,
+                                          progress, cond, sharding, options))

@@ -181,9 +181,9 @@ def dpm_solver_3m(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress
     have only one and two evaluations behind them (orders 1 and 2, the 2M weight), and on grids of
     at most `SHORT_GRID` levels the last two steps fall back to orders 2 and 1. The first-order
     first step leaves an O(h^2) error that no later step removes, so the method converges with
-    order 2 in the step, however third-order its other steps are (measured slope 2.1-2.3, see
-    tests/test_samplers.py). NFE = N. Deterministic: `key` and `denoise` are ignored, as for
-    dpm2m.
+    order 2 in the step, however third-order its other steps are (checked by
+    tests/test_samplers.py; see `docs/results/defaults.md` for the fitted slopes). NFE = N.
+    Deterministic: `key` and `denoise` are ignored, as for dpm2m.
 
     Lu et al., "DPM-Solver++" (2022), Sec. 4 and Appendix B (the multistep solvers).
     """
@@ -205,14 +205,10 @@ def unipc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
     only matters where a single difference is used (the first step, the last steps).
 
     Order: the corrected first step (predictor order 1, corrector 2) has a local error O(h^3), so
-    UniPC-3 converges with order 3 (fitted in float64 on tests/test_samplers.py's linear problem:
-    3.0 over 64-256 steps; its later steps, order 4, show as a slope of 3.5 over 16-64 steps).
-    On bench/samplers.py's closed-form cases (VP, 4000 samples) the defaults measured best:
-    "bh1" is the same to 4 digits at 10 and 20 NFE and worse at 5 (eight Gaussians: sliced W2
-    1.11 vs 0.21); the "karras" and "time" grids are worse at 10 and 20 NFE (64-D Gaussian at
-    20 NFE: std error 1.1% on "logsnr", 3.1% on "karras", 51% on "time"); `order=2` is worse at
-    20 NFE (std error 0.39% vs 0.22% on eight Gaussians, 1.45% vs 1.07% on the 64-D Gaussian)
-    and mixed at 10.
+    UniPC-3 converges with order 3 (its later steps are of order 4; checked by
+    tests/test_samplers.py). The defaults are the "logsnr" grid, `order=3` and `variant="bh2"`.
+    See `docs/results/defaults.md` for the fitted slopes and the measurements behind these
+    defaults.
     Deterministic: `key` and `denoise` are ignored.
 
     Zhao, Bai, Rao, Zhou & Lu, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
@@ -226,9 +222,7 @@ def unipc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
 # ------------------------------------------------------------ multistep exponential integrators
 
 #: grids of at most this many levels lower the order of their last steps, as Lu et al. and Zhao et
-#: al. do for few steps. Measured on bench/samplers.py's cases with unipc: lowering helps at
-#: N <= 6 (sliced W2 0.21 vs 1.69 at N = 5 on eight Gaussians) and hurts from N = 8 (0.34 vs 0.11
-#: there; 0.21 vs 0.13 on the 64-D Gaussian), N = 7 is a draw.
+#: al. do for few steps. See docs/results/defaults.md for the measurements behind this value.
 SHORT_GRID = 7
 VARIANTS = ("bh1", "bh2")
 

@@ -100,29 +100,66 @@ class Tracker:
 
 
 class Jsonl(Tracker):
-    """metrics.jsonl: `{"step": step, **values}` per call, non-finite values as null."""
+    """metrics.jsonl: `{"step": step, **values}` per call, non-finite values as null.
+
+    Opening it keeps the records up to `start` (the step resumed from) and drops a half-written
+    last line (a write cut short by a full disk or a kill). A value already recorded for a step is
+    not written again, so rerunning a finished command or resuming repeatedly logs no step twice.
+    """
 
     def __init__(self, path: str | os.PathLike, *, start: int):
         self.path = Path(path)
-        rows = read_jsonl(self.path)
-        if any(r.get("step", 0) > start for r in rows):  # logged past the checkpoint resumed from
-            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows
-                                            if r.get("step", 0) <= start))
+        rows, clean = _parse_jsonl(self.path)
+        kept = [r for r in rows if r.get("step", 0) <= start]
+        if len(kept) < len(rows) or not clean:
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.logged = {(r.get("step", 0), k) for r in kept for k in r if k != "step"}
 
     def scalars(self, step, values):
         rec = {"step": int(step)}
         for k, v in values.items():
-            rec[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+            if (int(step), k) not in self.logged:
+                rec[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+        if len(rec) == 1:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
+        self.logged.update((int(step), k) for k in rec if k != "step")
+
+
+def _parse_jsonl(path: Path) -> tuple[list[dict], bool]:
+    """The records of a JSON-lines file and whether it is intact. A last line that is cut short
+    (no newline, or not JSON) is a write that did not finish: it is dropped and the file is not
+    intact. Any other line that is not a JSON object is damage a person must look at."""
+    if not path.exists():
+        return [], True
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    rows, clean = [], True
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1])
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+            if last:
+                clean = False  # a half-written last record
+                continue
+            raise SGMError(f"{path} line {i + 1} is not a metrics record; move the file away to "
+                           f"start a new one.")
+        if i == len(lines) - 1:  # complete JSON but its newline never reached the disk
+            clean = False
+        rows.append(row)
+    return rows, clean
 
 
 def read_jsonl(path: str | os.PathLike, upto: int | None = None) -> list[dict]:
-    """The records of a metrics.jsonl (those with step <= `upto`); [] if there is none."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl (those with step <= `upto`); [] if there is none. A
+    half-written last line is left out."""
+    rows, _ = _parse_jsonl(Path(path))
     return [r for r in rows if upto is None or r.get("step", 0) <= upto]
 
 

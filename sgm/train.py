@@ -64,7 +64,8 @@ def _finite_norm(tree) -> jax.Array:
     """Whether the global norm of a tree's float arrays is finite (every element finite, no overflow).
 
     One fused reduction: checking each updated array with `isfinite` and selecting the old state on
-    the result made XLA's CPU compile of a UNet step ten times slower (36 s -> 400 s measured).
+    the result compiles a UNet step far more slowly on XLA's CPU backend (see
+    `docs/results/defaults.md` for the measurement).
     """
     return jnp.isfinite(_global_norm(eqx.filter(tree, eqx.is_inexact_array)))
 

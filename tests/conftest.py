@@ -1,11 +1,26 @@
+import atexit
 import gc
+import os
+import shutil
+import tempfile
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# One persistent JAX compilation cache for the whole test session: every xdist worker and every
+# `python main.py` a test launches inherit this environment, so a program compiled once is loaded
+# from disk by the others (a tiny main.py training run starts in about half the time). Set
+# JAX_COMPILATION_CACHE_DIR to keep the cache between sessions (.ci/run shares one between tiers).
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _cache = tempfile.mkdtemp(prefix="sgm-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# a size limit turns on JAX's file lock, so concurrent writers cannot interleave (needs filelock)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
-import sgm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import sgm  # noqa: E402
 
 SCHEDULES = {
     "linear": sgm.LinearSchedule(),
@@ -86,9 +101,8 @@ def count_score_calls(sde, method, score=None, **kw):
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drops JAX's compiled programs after each test module: a whole run otherwise keeps every
-    program of every module alive (the full suite's process grew past 10 GB). Over test_sample and
-    test_likelihood alone the peak resident memory falls from 1.42 to 1.06 GB; the time is the same."""
+    """Drops JAX's compiled programs after each test module, so a worker's memory stays bounded by
+    one module's programs (measurements: docs/results/defaults.md)."""
     yield
     jax.clear_caches()
     gc.collect()

@@ -10,7 +10,6 @@ given the right images than given another sample's, which no network that ignore
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -62,6 +61,28 @@ def test_conditioning_standardises_and_drops_images_to_the_null():
     np.testing.assert_allclose(dropped[~null], np.asarray(kept)[~null], rtol=1e-6)
     with pytest.raises(sgm.ConfigError, match="positive scale"):
         Conditioning("image", image_scale=0.0)
+
+
+@pytest.mark.parametrize("kind", [None, "label", "param", "image"])
+def test_conditioning_answers_what_callers_ask_of_its_kind(kind):
+    raw = {None: None, "label": np.array([2, 0]), "param": np.array([[0.5, 2.0], [0.125, 30.0]]),
+           "image": np.zeros((2, 1, 2, 2), np.float32)}[kind]
+    cond = Conditioning(kind, 3 if kind == "label" else None, label_dropout=1.0)
+    assert cond.keyword == kind
+    assert (cond.uses_label, cond.uses_param, cond.uses_image) == tuple(
+        kind == k for k in ("label", "param", "image"))
+    assert list(cond(raw)) == ([] if kind is None else [cond.keyword])  # the network's keyword
+    assert cond.guidable == (kind in ("label", "image"))
+    if cond.guidable:  # dropped with probability 1: every condition is the null
+        null = np.asarray(cond(raw, key=jax.random.key(0))[cond.keyword])
+        assert np.all(null == 3) if kind == "label" else np.all(np.isnan(null))
+    captions = cond.describe(raw)
+    if kind == "image":
+        assert captions is raw  # drawn, not written
+    else:
+        assert captions == {None: None, "label": ["label 2", "label 0"],
+                            "param": ["(0.5, 2)", "(0.12, 30)"]}[kind]
+    assert cond.describe(None) is None
 
 
 def test_condition_image_is_resized_and_its_null_is_not_a_zero_image():
@@ -195,6 +216,7 @@ def _images(rng, n):
 
 
 @pytest.mark.parametrize("name", ["unet", "dit"])
+@pytest.mark.slow
 def test_image_conditioned_network_trains_and_uses_its_image(name):
     rng = np.random.default_rng(0)
     (x, c), (x_test, c_test) = _images(rng, 1024), _images(rng, 256)
@@ -227,9 +249,9 @@ def test_image_conditioned_network_trains_and_uses_its_image(name):
 # -------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_main_samples_and_scores_test_points_given_their_images(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    import main
+    from sgm import run
 
     rng = np.random.default_rng(3)
     c, c_test = rng.normal(size=(64, 1, 2, 2)), rng.normal(size=(5, 1, 2, 2))
@@ -237,14 +259,14 @@ def test_main_samples_and_scores_test_points_given_their_images(tmp_path):
     x_test = np.kron(c_test, np.ones((1, 1, 2, 2)))
     np.savez(tmp_path / "pairs.npz", x=x, cond=c, x_test=x_test, cond_test=c_test)
     work = tmp_path / "run"
-    argv = [str(ROOT / "configs" / "eight_gaussians.py"), "--workdir", str(work), "--no-progress",
-            "--set", "data.name=array", f"data.root={tmp_path / 'pairs.npz'}", "model.width=16",
+    sets = ["data.name=array", f"data.root={tmp_path / 'pairs.npz'}", "model.width=16",
             "model.depth=1", "model.conditional=true", "model.label_dropout=0.2",
             "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.eval_num=4",
             "sample.num=10", "sample.method=ddim", "sample.steps=4", "sample.guidance=1.0",
             "likelihood.num=3", "likelihood.exact=false", "likelihood.rtol=1e-2",
             "likelihood.atol=1e-2"]
-    assert main.main(argv) == 0
+    assert run.main(ROOT / "configs" / "eight_gaussians.py", workdir=work, progress=False,
+                    sets=sets) == 0
     with np.load(work / "samples.npz") as f:
         assert f["samples"].shape == (10, 1, 4, 4)
         np.testing.assert_allclose(f["cond"], c_test[np.arange(10) % 5].astype(np.float32))

@@ -1,4 +1,5 @@
-"""Every config in configs/ builds at its own model size and trains two steps through main.py.
+"""Every config in configs/ builds at its own model size and trains two steps through the command
+(`sgm.run.main`, what main.py runs).
 
 Configs that read data from disk get a few synthetic files in that format (MNIST idx, CIFAR-10
 binary, a folder of PNGs) in a temporary folder. Compiling the large image networks' training
@@ -8,7 +9,6 @@ tests/test_train.py either way).
 """
 
 import os
-import sys
 from pathlib import Path
 
 import jax
@@ -16,13 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sgm import build, run
+from sgm import config as C
+from sgm.data import files
 
-import main  # noqa: E402
-from sgm import build  # noqa: E402
-from sgm import config as C  # noqa: E402
-from sgm.data import files  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers")
@@ -70,6 +68,7 @@ def _overrides(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.slow
 def test_config_builds_at_full_size(name, tmp_path):
     cfg = C.override(C.load_file(ROOT / "configs" / f"{name}.py"), _overrides(name, tmp_path))
     exp = build.experiment(cfg)
@@ -86,7 +85,6 @@ def test_config_builds_at_full_size(name, tmp_path):
 def test_config_trains_two_steps(name, tmp_path):
     if name in COMPILE_HEAVY and not TRAIN_ALL:
         pytest.skip("large image network: set SGM_TEST_ALL_CONFIGS=1 to train it")
-    argv = [str(ROOT / "configs" / f"{name}.py"), "--workdir", str(tmp_path / "run"), "--mode",
-            "train", "--no-progress", "--set", *_overrides(name, tmp_path)]
-    assert main.main(argv) == 0
+    assert run.main(ROOT / "configs" / f"{name}.py", workdir=tmp_path / "run", mode="train",
+                    progress=False, sets=_overrides(name, tmp_path)) == 0
     assert (tmp_path / "run" / "checkpoints" / "ckpt_000000002.npz").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import math
 import struct
 
@@ -141,10 +142,30 @@ def test_load_toys_and_unknown():
     assert ds.entropy == pytest.approx(toy.entropy("eight_gaussians"))
     np.testing.assert_allclose(ds.log_prob(ds.test), toy.log_prob("eight_gaussians", ds.test))
     assert data.load("moons", n_train=10, n_test=10).log_prob is None
-    with pytest.raises(DataError, match="moons.*mnist"):
+    with pytest.raises(ConfigError, match="moons.*mnist"):
         data.load("imagenet")
     with pytest.raises(DataError, match="NaN"):
         data.Dataset("bad", np.full((3, 2), np.nan, np.float32), np.zeros((1, 2)), None, None, (2,))
+
+
+def test_every_dataset_is_one_entry_of_one_signature(monkeypatch):
+    assert data.NAMES == tuple(data.DATASETS)
+    keywords = ["root", "n_train", "n_test", "image_size", "seed"]
+    for name, loader in data.DATASETS.items():
+        params = list(inspect.signature(loader).parameters.values())
+        assert [p.name for p in params] == ["name", *keywords], name
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[1:]), name
+    with pytest.raises(ConfigError, match=r"^unknown dataset 'imagenet'; expected one of moons, .*, array$"):
+        data.load("imagenet")
+    seen = []
+
+    def loader(name, *, root, n_train, n_test, image_size, seed):
+        seen.append((name, root, n_train, n_test, image_size, seed))
+        return data.load("moons", n_train=n_train, n_test=n_test, seed=seed)
+
+    monkeypatch.setitem(data.DATASETS, "new", loader)  # a new dataset is one entry
+    assert data.load("new", root="r", n_train=3, n_test=2, seed=5).train.shape == (3, 2)
+    assert seen == [("new", "r", 3, 2, None, 5)]
 
 
 # ------------------------------------------------------------------------------------ MNIST files
@@ -514,17 +535,15 @@ def test_array_bad_inputs_have_one_line_errors(tmp_path):
 
 
 def test_array_errors_exit_2_from_the_command_line(tmp_path, capsys):
-    import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    import main
+    from sgm import run
 
+    root = Path(__file__).resolve().parents[1]
     _npz(tmp_path / "bad.npz", x=np.zeros((10, 2)), x_test=np.full((2, 2), np.nan))
-    argv = [str(root / "configs" / "eight_gaussians.py"), "--workdir", str(tmp_path / "run"),
-            "--set", "data.name=array", f"data.root={tmp_path / 'bad.npz'}"]
-    assert main.main(argv) == 2
+    code = run.main(root / "configs" / "eight_gaussians.py", workdir=tmp_path / "run",
+                    sets=["data.name=array", f"data.root={tmp_path / 'bad.npz'}"])
+    assert code == 2
     err = capsys.readouterr().err
     assert "bad.npz (x_test) holds NaN or inf" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # nothing written
@@ -542,8 +561,9 @@ def test_fashion_mnist_missing_names_the_package(tmp_path):
 @pytest.mark.skipif(not data.FASHION_MNIST_ROOT.is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_real_files_load_and_train_two_steps(tmp_path):
-    import sys
     from pathlib import Path
+
+    from sgm import run
 
     ds = data.load("fashion_mnist")
     assert ds.train.shape == (60000, 1, 28, 28) and ds.test.shape == (10000, 1, 28, 28)
@@ -551,16 +571,12 @@ def test_fashion_mnist_real_files_load_and_train_two_steps(tmp_path):
     assert np.bincount(ds.train_cond).tolist() == [6000] * 10  # the balanced official split
     assert np.bincount(ds.test_cond).tolist() == [1000] * 10
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    import main
-
     # the shipped config on the real files, with a network small enough to compile in seconds
-    argv = [str(root / "configs" / "fashion_mnist.py"), "--workdir", str(tmp_path / "run"),
-            "--mode", "train", "--no-progress", "--set", "train.steps=2", "train.batch_size=8",
-            "train.log_every=1", "train.eval_num=2", "data.n_test=2", "model.base=8",
-            "model.channel_mults=1,2", "model.num_res_blocks=1", "model.attn_resolutions=",
-            "model.heads=2"]
-    assert main.main(argv) == 0
+    sets = ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.eval_num=2",
+            "data.n_test=2", "model.base=8", "model.channel_mults=1,2", "model.num_res_blocks=1",
+            "model.attn_resolutions=", "model.heads=2"]
+    assert run.main(root / "configs" / "fashion_mnist.py", workdir=tmp_path / "run", mode="train",
+                    progress=False, sets=sets) == 0
     assert (tmp_path / "run" / "checkpoints" / "ckpt_000000002.npz").is_file()
 
 

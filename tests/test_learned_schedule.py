@@ -5,7 +5,6 @@ test_sde.py (the conftest schedules include a randomly initialised learned one).
 """
 
 import math
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -16,14 +15,13 @@ import pytest
 from conftest import MIXTURE, assert_reproduces_mixture
 
 import sgm
-from sgm import build, parallel
+from sgm import build, parallel, run
 from sgm import checkpoint as ckpt
 from sgm import config as C
 from sgm.samplers import SAMPLERS
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import main
+EIGHT = ROOT / "configs" / "eight_gaussians.py"  # main.py's default config
 
 
 def random_schedule(seed, curvature=1.0, **kw):
@@ -78,7 +76,8 @@ def test_closed_form_likelihood_on_a_random_learned_schedule(kind, dim):
 SAMPLE_STEPS = {"em": 500, "pc": 300, "ddpm": 300, "ddim": 200}
 
 
-@pytest.mark.parametrize("method", list(SAMPLERS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "ode" else m
+                                    for m in SAMPLERS])
 def test_every_sampler_runs_on_a_learned_schedule(method):
     """Every method reproduces the mixture on a random learned schedule. The few-step solvers get
     50 steps: the schedule ends at noise level 1e-3 at sampling_t0 (the linear one at 1e-2), so 20
@@ -113,6 +112,7 @@ def test_score_model_gives_the_network_the_noise_level():
     assert abs(float(seen[0]) - 0.4) > 1e-3
 
 
+@pytest.mark.slow
 def test_gradients_are_the_bound_for_the_net_and_the_second_moment_for_the_schedule():
     sde = sgm.VPSDE(schedule=random_schedule(2))
     model = _toy_model(sde, jax.random.key(1))
@@ -163,13 +163,14 @@ def test_the_bound_of_the_exact_score_does_not_depend_on_the_shape():
         assert abs(mean - exact) < 4 * se + 1e-3 * exact, (mean, se, exact)
 
 
+@pytest.mark.slow
 def test_training_moves_the_schedule_and_its_checkpoint_holds_it(tmp_path):
     """A few steps change the schedule's arrays; the checkpoint gives them back (the bit-identical
     resume with a learned schedule is tests/test_train.py::test_resume_equals_uninterrupted)."""
     sets = ["train.steps=8", "train.batch_size=32", "train.warmup=2", "model.width=16",
             "model.depth=1", "data.n_train=256", "data.n_test=32", "sde.schedule=learned",
             "train.weighting=likelihood"]
-    exp = build.experiment(C.override(C.load_file(main.DEFAULT_CONFIG), sets))
+    exp = build.experiment(C.override(C.load_file(EIGHT), sets))
     state = exp.train(exp.state, mesh=parallel.make_mesh(), ckpt_dir=tmp_path)
     start, trained = exp.state.model.sde.schedule, state.model.sde.schedule
     assert float(jnp.max(jnp.abs(trained.a - start.a))) > 0
@@ -187,7 +188,7 @@ def test_training_moves_the_schedule_and_its_checkpoint_holds_it(tmp_path):
      "logsnr_max > logsnr_min"),
 ])
 def test_bad_learned_schedule_configs_exit_2(tmp_path, capsys, extra, match):
-    code = main.main(["--workdir", str(tmp_path / "wd"), "--no-progress", "--set", *extra])
+    code = run.main(EIGHT, workdir=tmp_path / "wd", progress=False, sets=extra)
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
     assert not (tmp_path / "wd").exists()

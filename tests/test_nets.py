@@ -7,6 +7,7 @@ ask "does the output depend on X" first perturb every weight.
 """
 
 import functools
+import inspect
 
 import equinox as eqx
 import jax
@@ -17,7 +18,7 @@ import pytest
 
 from sgm.errors import ConfigError
 from sgm.conditioning import Conditioning, drop_labels
-from sgm.nets import MLP, DiT, UNet, param_count
+from sgm.nets import MLP, AbstractScoreNet, DiT, UNet, param_count
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 
 NETS = ["mlp", "unet", "dit"]
@@ -87,6 +88,20 @@ def cond_batch(cond, shape, seed):
     img_shape = (3,) if len(shape) == 1 else (1, *shape[1:])
     img = normal(seed, (2, *img_shape))
     return {"image": img[jnp.array([0, 0, 1])]}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_every_network_implements_the_one_call_contract(name):
+    net, _ = make(name, "label")
+    assert isinstance(net, AbstractScoreNet) and net.num_classes == NUM_CLASSES
+    assert net.param_dim is None
+    contract = inspect.signature(AbstractScoreNet.__call__).parameters
+    own = inspect.signature(type(net).__call__).parameters
+    assert [(p.name, p.kind, p.default) for p in own.values()] == [
+        (p.name, p.kind, p.default) for p in contract.values()]
+    assert inspect.getdoc(type(net).__call__) == inspect.getdoc(AbstractScoreNet.__call__)
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractScoreNet()
 
 
 @pytest.mark.parametrize("cond", CONDS)
@@ -245,6 +260,7 @@ def test_conditioning_keywords_and_label_dropout():
 
 
 @pytest.mark.parametrize("name", NETS)
+@pytest.mark.slow
 def test_learns_denoising_regression(name):
     """Fit eps from x_t = x0 + t eps at fixed (x0, t, eps): loss must fall below 0.3x its start."""
     net, shape = make(name, "none")

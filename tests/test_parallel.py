@@ -49,20 +49,24 @@ def assert_same_weights(a, b, rtol=1e-4, atol=1e-6):
         np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
 
 
+@pytest.mark.slow
 def test_batches_are_really_split(single, four):
     assert int(single["devices"]) == 1 and int(single["local_shard"]) == 32
     assert int(four["devices"]) == 4 and int(four["local_shard"]) == 8
 
 
+@pytest.mark.slow
 def test_four_devices_train_like_one(single, four):
     assert_same_weights(single, four)
 
 
+@pytest.mark.slow
 def test_sampling_and_likelihood_sharded_equal_unsharded(single, four):
     np.testing.assert_allclose(single["samples"], four["samples"], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(single["nll"], four["nll"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_runs_sharded(tmp_path):
     out = tmp_path / "acc.npz"
     run_worker(out, 4, "--grad-accum", "2")
@@ -70,6 +74,7 @@ def test_gradient_accumulation_runs_sharded(tmp_path):
     assert int(res["devices"]) == 4 and np.isfinite(res["nll"])
 
 
+@pytest.mark.slow
 def test_two_processes_train_in_lock_step(tmp_path, four):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,6 +102,7 @@ def test_mesh_and_batch_errors():
     assert "E2 train.batch_size=30 does not divide over the 4 devices" in out.stdout
 
 
+@pytest.mark.slow
 def test_refusal_on_process_0_reaches_the_others(tmp_path):
     """Process 0 cannot write its work directory: every process stops with one sentence, exit 2."""
     with socket.socket() as s:
@@ -120,6 +126,7 @@ def test_refusal_on_process_0_reaches_the_others(tmp_path):
     assert "process 0 could not prepare the work directory" in errs[1]
 
 
+@pytest.mark.slow
 def test_eight_devices_solve_like_one(tmp_path):
     """The likelihood (shared-step solve), the adaptive ODE sampler and dpm2m with the batch split
     over 8 fake devices give the one-device answers (bench/sharded_solves.py, small sizes)."""

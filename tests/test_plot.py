@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -12,11 +11,8 @@ from PIL import Image
 
 import sgm
 import sgm.plot
+from sgm import plot_grids
 from sgm.data import toy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # main.py
-import plots  # the benchmarks' own figures
 
 RNG = np.random.default_rng(0)
 GM = sgm.GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [0.5, 0.4])
@@ -34,7 +30,8 @@ def check_png(path, returned):
 
 
 def test_import_does_not_import_matplotlib():
-    code = "import sys, sgm.plot; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    code = ("import sys, sgm.plot, sgm.plot_grids, sgm.run; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -106,7 +103,7 @@ def test_bad_limits(tmp_path):
 
 def test_scatter_grid(tmp_path):
     panels = {"points": RNG.normal(size=(100, 2)), "density": GM_LOGP, "blank": None}
-    path = plots.scatter_grid(panels, tmp_path / "grid.png", ncols=2, n=40, title="grid")
+    path = plot_grids.scatter_grid(panels, tmp_path / "grid.png", ncols=2, n=40, title="grid")
     check_png(tmp_path / "grid.png", path)
 
 
@@ -125,13 +122,13 @@ def test_sde_paths(tmp_path):
         return lambda y: -0.5 * (y / s) ** 2 - np.log(s * np.sqrt(2 * np.pi))
 
     marginals = {"narrow": (None, normal(1.8)), "wide, reverse": (normal(50.0), None)}
-    path = plots.sde_paths(paths, tmp_path / "p.png", marginals=marginals, title="paths")
+    path = plot_grids.sde_paths(paths, tmp_path / "p.png", marginals=marginals, title="paths")
     check_png(tmp_path / "p.png", path)
 
 
 def test_sde_paths_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="paths"):
-        plots.sde_paths({"bad": (np.zeros(5), np.zeros((4, 3)))}, tmp_path / "p.png")
+        plot_grids.sde_paths({"bad": (np.zeros(5), np.zeros((4, 3)))}, tmp_path / "p.png")
 
 
 def test_training_curves(tmp_path):
@@ -210,12 +207,11 @@ def test_model_density_figure(tmp_path):
 
 
 def test_model_density_grid_of_a_closed_form_score_is_the_exact_density():
-    """The 2-D density figure's grid, computed as main.py does (`Experiment.log_density`, the
-    probability-flow ODE with main's tolerances, standardisation and its log-Jacobian included)
+    """The 2-D density figure's grid, computed as the command does (`Experiment.log_density`, the
+    probability-flow ODE with `sgm.run.DENSITY_OPTIONS`, standardisation and its log-Jacobian included)
     for the exact score of the eight-Gaussians mixture, is the data's exact density on the grid
     up to the solver's error."""
-    import main
-    from sgm import build
+    from sgm import build, run
     from sgm import config as C
 
     exp = build.experiment(C.override(C.Config(), ["data.n_train=2000", "data.n_test=100"]))
@@ -233,11 +229,11 @@ def test_model_density_grid_of_a_closed_form_score_is_the_exact_density():
 
     lim = sgm.plot.limits(None, exp.ds.test)
     n = 14
-    model = sgm.plot.density_grid(lambda p: exp.log_density(Exact(exp.sde), p, **main.DENSITY_OPTIONS),
+    model = sgm.plot.density_grid(lambda p: exp.log_density(Exact(exp.sde), p, **run.DENSITY_OPTIONS),
                                   lim, n)
     exact = sgm.plot.density_grid(exp.ds.log_prob, lim, n)
     dens, true = np.exp(model), np.exp(exact)
-    # measured: 0.04% of the peak and 4e-4 nats here; 0.5% and 6e-4 nats on main's 64 x 64 grid
+    # measured: 0.04% of the peak and 4e-4 nats here; 0.5% and 6e-4 nats on the command's 64 x 64 grid
     assert np.max(np.abs(dens - true)) < 0.005 * true.max()
     mass = true > 1e-2 * true.max()
     assert np.median(np.abs(model - exact)[mass]) < 0.005

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -11,11 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import main
-from sgm import build, train
+from sgm import build, run, train
 from sgm import config as C
 from sgm.errors import CheckpointError
 from sgm.loss import dsm_loss
@@ -56,6 +51,7 @@ def _train(exp):
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.slow
 def test_bfloat16_trains_like_float32_with_float32_parameters(net):
     runs = {d: _experiment(net, d) for d in ("float32", "bfloat16")}
     start = _heldout(runs["float32"].state.model, runs["float32"])
@@ -76,7 +72,8 @@ def test_bfloat16_trains_like_float32_with_float32_parameters(net):
     assert abs(end["bfloat16"] - end["float32"]) < 0.1 * end["float32"], end
 
 
-@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("net", [pytest.param(n, marks=pytest.mark.slow) if n == "unet" else n
+                                 for n in sorted(NETS)])
 def test_bfloat16_network_computes_in_bfloat16_and_returns_float32(net):
     exp = _experiment(net, "bfloat16")
     model, x = exp.state.model, jnp.zeros(exp.ds.shape, jnp.float32)
@@ -89,18 +86,24 @@ def test_bfloat16_network_computes_in_bfloat16_and_returns_float32(net):
     assert "bf16" not in f32
 
 
+@pytest.mark.slow
 def test_resume_with_another_dtype_is_refused(tmp_path, capsys):
     wd = str(tmp_path / "wd")
-    base = ["--workdir", wd, "--mode", "train", "--no-progress", "--set", "train.steps=2",
-            "train.batch_size=32", "train.log_every=1", "train.warmup=1", "model.width=16",
-            "model.depth=1", "data.n_train=256", "data.n_test=32", "train.eval_num=16"]
-    assert main.main(base) == 0
+    eight = Path(__file__).resolve().parents[1] / "configs" / "eight_gaussians.py"
+    base = ["train.steps=2", "train.batch_size=32", "train.log_every=1", "train.warmup=1",
+            "model.width=16", "model.depth=1", "data.n_train=256", "data.n_test=32",
+            "train.eval_num=16"]
+
+    def command(*sets):
+        return run.main(eight, workdir=wd, mode="train", progress=False, sets=[*base, *sets])
+
+    assert command() == 0
     capsys.readouterr()
-    assert main.main(base + ["model.dtype=bfloat16"]) == 2
+    assert command("model.dtype=bfloat16") == 2
     err = capsys.readouterr().err
     assert "model.dtype='float32', not 'bfloat16'" in err and err.count("\n") == 1
     cfg = C.from_dict(json.loads(Path(wd, "config.json").read_text()))
     with pytest.raises(CheckpointError, match="model.dtype='float32', not 'bfloat16'"):
         build.experiment(C.override(cfg, ["model.dtype=bfloat16"]), ckpt_dir=Path(wd) / "checkpoints")
-    assert main.main(base + ["model.dtype=float16"]) == 2
+    assert command("model.dtype=float16") == 2
     assert "model.dtype='float16' is invalid: expected one of float32, bfloat16" in capsys.readouterr().err

@@ -18,17 +18,21 @@ import numpy as np
 import optax
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sgm import checkpoint as ckpt
+from sgm import build, data, parallel, run, train
+from sgm import config as C
+from sgm.errors import CheckpointError, NumericalError
 
-import main  # noqa: E402
-from sgm import checkpoint as ckpt  # noqa: E402
-from sgm import build, data, parallel, train  # noqa: E402
-from sgm import config as C  # noqa: E402
-from sgm.errors import CheckpointError, NumericalError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+EIGHT = ROOT / "configs" / "eight_gaussians.py"  # main.py's default config
 
 SMALL = ["train.batch_size=32", "train.log_every=5", "train.warmup=2", "model.width=16",
          "model.depth=1", "data.n_train=512", "data.n_test=64", "train.eval_num=16"]
+
+
+def command(workdir, *sets, mode="train"):
+    """The command (what main.py runs) on the default config with SMALL and `sets`."""
+    return run.main(EIGHT, workdir=workdir, mode=mode, progress=False, sets=[*SMALL, *sets])
 
 
 def cmd(workdir, steps, every):
@@ -47,6 +51,7 @@ def all_checkpoints_readable(workdir):
         ckpt.read_manifest(p)  # raises CheckpointError if a file is unreadable
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     steps, every = 400, 2
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -80,6 +85,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, sig):
     wd = tmp_path / "wd"
@@ -120,6 +126,7 @@ def nan_batch(monkeypatch):
     monkeypatch.setattr(data.Batches, "__next__", poisoned)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_keeps_good_checkpoint(tmp_path, nan_batch):
     exp = _setup("stop")
     # steps count from 1, as in the logs and checkpoint names: batch 5 is step 6
@@ -142,11 +149,11 @@ def test_nan_loss_can_be_skipped(tmp_path, nan_batch):
     assert all(np.all(np.isfinite(a)) for a in leaves if np.issubdtype(a.dtype, np.floating))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_by_main(tmp_path, capsys):
-    wd = str(tmp_path / "wd")
-    base = ["--workdir", wd, "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=4"]
-    assert main.main(base) == 0
-    assert main.main(base + ["model.width=32"]) == 2
+    wd = tmp_path / "wd"
+    assert command(wd, "train.steps=4") == 0
+    assert command(wd, "train.steps=4", "model.width=32") == 2
     err = capsys.readouterr().err
     assert "does not match the configured model" in err and err.count("\n") == 1
 
@@ -169,8 +176,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_unwritable_workdir_is_a_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code = main.main(["--workdir", str(blocker / "wd"), "--no-progress", "--set", *SMALL,
-                      "train.steps=2"])
+    code = command(blocker / "wd", "train.steps=2", mode="all")
     err = capsys.readouterr().err
     assert code == 2 and "cannot write to work directory" in err
 
@@ -178,6 +184,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path, capsys):
 # ------------------------------------------------------------------ second pass: state, inputs, locks
 
 
+@pytest.mark.slow
 def test_nonfinite_update_with_finite_loss_is_not_kept(tmp_path):
     """An update that makes the weights inf (finite loss) is rejected like a NaN loss."""
     exp = _setup("stop")
@@ -217,34 +224,35 @@ def test_checkpoint_arrays_are_checked_against_manifest(tmp_path):
         ckpt.load(path, tree)
 
 
+@pytest.mark.slow
 def test_same_shaped_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     wd = tmp_path / "wd"
-    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=4"]
-    assert main.main(base) == 0
+    assert command(wd, "train.steps=4") == 0
     before = {p.name: p.stat().st_mtime_ns for p in (wd / "checkpoints").iterdir()}
     config = (wd / "config.json").read_text()
-    assert main.main(base + ["sde.kind=ve", "model.prediction=score", "train.steps=8"]) == 2
+    assert command(wd, "train.steps=4", "sde.kind=ve", "model.prediction=score",
+                   "train.steps=8") == 2
     err = capsys.readouterr().err
     assert "was trained with sde.kind='vp', not 've'" in err and err.count("\n") == 1
     assert {p.name: p.stat().st_mtime_ns for p in (wd / "checkpoints").iterdir()} == before
     assert (wd / "config.json").read_text() == config
     # what only says how much is evaluated, or how training regularises, may change on resume
-    assert main.main(base + ["data.n_test=32", "model.dropout=0.1", "train.steps=6"]) == 0
+    assert command(wd, "train.steps=4", "data.n_test=32", "model.dropout=0.1", "train.steps=6") == 0
 
 
 def test_rejected_config_leaves_a_finished_run_alone(tmp_path, capsys):
     wd = tmp_path / "wd"
-    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=4"]
-    assert main.main(base) == 0
+    assert command(wd, "train.steps=4") == 0
     files = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
     for bad in (["train.steps=40", "data.n_train=10"], ["train.batch_size=4096"], ["train.lr=inf"],
                 ["train.seed=-1"]):
-        assert main.main(base + bad) == 2
+        assert command(wd, "train.steps=4", *bad) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.slow
 def test_work_directory_is_locked_while_a_run_holds_it(tmp_path, capsys):
     wd = tmp_path / "wd"
     wd.mkdir()
@@ -253,15 +261,13 @@ def test_work_directory_is_locked_while_a_run_holds_it(tmp_path, capsys):
         "print('locked', flush=True); time.sleep(60)"), str(wd)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        args = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
-                "train.steps=2"]
-        assert main.main(args) == 2
+        assert command(wd, "train.steps=2") == 2
         err = capsys.readouterr().err
         assert "is in use by process" in err and err.count("\n") == 1
         assert not (wd / "checkpoints").exists() and not (wd / "config.json").exists()
         holder.kill()  # a crashed holder does not leave the lock stuck
         holder.wait()
-        assert main.main(args) == 0
+        assert command(wd, "train.steps=2") == 0
     finally:
         holder.kill()
         holder.wait()
@@ -272,7 +278,7 @@ def test_bad_config_files_are_one_sentence(tmp_path, capsys):
              "config.txt": "config = None"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
-        assert main.main([str(tmp_path / name), "--workdir", str(tmp_path / "wd")]) == 2
+        assert run.main(tmp_path / name, workdir=tmp_path / "wd") == 2
         err = capsys.readouterr().err
         assert err.startswith("error: config file") and err.count("\n") == 1, err
     assert not (tmp_path / "wd").exists()
@@ -283,8 +289,7 @@ def test_leftover_temporary_files_are_removed_and_outputs_are_readable(tmp_path)
     (wd / "checkpoints").mkdir(parents=True)
     stale = wd / "checkpoints" / ".tmp_ckpt_000000002_abc.npz"
     stale.write_bytes(b"half a checkpoint")
-    assert main.main(["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
-                      "train.steps=2"]) == 0
+    assert command(wd, "train.steps=2") == 0
     assert not stale.exists()
     mode = (wd / "checkpoints" / "ckpt_000000002.npz").stat().st_mode & 0o777
     assert mode == 0o666 & ~_umask()  # as open() would make it, not mkstemp's 0600
@@ -292,12 +297,10 @@ def test_leftover_temporary_files_are_removed_and_outputs_are_readable(tmp_path)
 
 def test_truncated_newest_checkpoint_names_the_previous_one(tmp_path, capsys):
     wd = tmp_path / "wd"
-    base = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
-            "train.steps=8", "train.ckpt_every=4"]
-    assert main.main(base) == 0
+    assert command(wd, "train.steps=8", "train.ckpt_every=4") == 0
     newest = ckpt.latest(wd / "checkpoints")
     newest.write_bytes(newest.read_bytes()[:200])
-    assert main.main(base) == 2
+    assert command(wd, "train.steps=8", "train.ckpt_every=4") == 2
     err = capsys.readouterr().err
     assert "Delete it to resume from the previous checkpoint, ckpt_000000004.npz" in err
 
@@ -310,14 +313,13 @@ def _umask():
 
 def test_disk_full_while_writing_outputs_is_one_sentence(tmp_path, capsys, monkeypatch):
     wd = tmp_path / "wd"
-    args = ["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL, "train.steps=2"]
     import sgm.plot
 
     def full(*a, **k):
         raise OSError(28, "No space left on device", str(wd / "figs" / "training.png"))
 
     monkeypatch.setattr(sgm.plot, "training_curves", full)
-    assert main.main(args) == 2
+    assert command(wd, "train.steps=2") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: No space left on device") and err.count("\n") == 1
     assert ckpt.latest(wd / "checkpoints").name == "ckpt_000000002.npz"  # the checkpoint is whole
@@ -332,13 +334,13 @@ def _strict_json(line):
 
 def test_skipped_steps_keep_metrics_valid_json(tmp_path, nan_batch):
     wd = tmp_path / "wd"
-    assert main.main(["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *SMALL,
-                      "train.steps=8", "train.log_every=1", "train.on_nan=skip"]) == 0
+    assert command(wd, "train.steps=8", "train.log_every=1", "train.on_nan=skip") == 0
     rows = [_strict_json(r) for r in (wd / "metrics.jsonl").read_text().splitlines()]
     step6 = next(r for r in rows if r.get("step") == 6 and "loss" in r)
     assert step6["loss"] is None and step6["skipped"] == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_sampling_writes_no_samples(tmp_path):
     wd = tmp_path / "wd"
     base = [sys.executable, str(ROOT / "main.py"), "--workdir", str(wd), "--no-progress"]

@@ -156,7 +156,7 @@ def test_corrector_and_third_order_pay_at_20_evaluations(name):
     """Pathwise error of the exact flow at N = 20: unipc < dpm3m < dpm2m (same NFE).
 
     Measured: unipc / dpm3m 0.07-0.5, dpm3m / dpm2m 0.2-0.55 over the four SDEs. (At N = 5 the
-    order goes the other way: dpm2m's error is 0.45-0.9 times unipc's, see README.)
+    order goes the other way: dpm2m's error is 0.45-0.9 times unipc's, see docs/results/samplers.md.)
     """
     sde = ORDER_SDES[name]
     key, num = jax.random.key(3), 64

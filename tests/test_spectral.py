@@ -45,6 +45,7 @@ def test_kept_modes_box():
     assert layer.real.shape == (3, 2, 8, 5)  # modes past Nyquist are not kept twice
 
 
+@pytest.mark.slow
 def test_layer_commutes_with_every_circular_shift_and_the_unet_with_its_own():
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 16, 16)), jnp.float32)
     layer = SpectralConv(2, 3, (16, 16), 5, key=jax.random.key(1))

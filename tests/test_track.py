@@ -8,23 +8,19 @@ the same TensorBoard folder and W&B run with every step exactly once.
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import main
 import sgm
 import sgm.plot
-from sgm import build, track
+from sgm import build, run, track
 from sgm import config as C
 from sgm.errors import ConfigError
 
+EIGHT = Path(__file__).resolve().parents[1] / "configs" / "eight_gaussians.py"  # main.py's default
 TINY = ["train.batch_size=32", "train.log_every=4", "train.ckpt_every=4", "train.warmup=2",
         "model.width=16", "model.depth=1", "data.n_train=256", "data.n_test=32", "train.eval_num=16",
         "sample.num=16", "sample.steps=8", "likelihood.num=8", "likelihood.batch=8",
@@ -196,25 +192,26 @@ def test_a_logger_not_installed_is_one_line_naming_the_extra(monkeypatch, capsys
     real = track.importlib.util.find_spec
     monkeypatch.setattr(track.importlib.util, "find_spec",
                         lambda m, *a: None if m == module else real(m, *a))
-    code = main.main(["--workdir", str(tmp_path / "wd"), "--no-progress", "--set",
-                      f"train.log_to=jsonl,{name}"])
+    code = run.main(EIGHT, workdir=tmp_path / "wd", progress=False,
+                    sets=[f"train.log_to=jsonl,{name}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and f'pip install -e ".[{extra}]"' in err
     assert not (tmp_path / "wd").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_main_resumes_tensorboard_and_wandb(tmp_path, offline_wandb, capsys):
-    """main.py end to end: 8 steps checkpointed at 4 and 8, the step-8 checkpoint lost (a crash
+    """The command end to end: 8 steps checkpointed at 4 and 8, the step-8 checkpoint lost (a crash
     after its metrics were logged), rerun to 12. TensorBoard and W&B show steps 4, 8, 12 once;
     the learning rate is logged; the samples figure reaches both at the last step."""
     pytest.importorskip("tensorboardX")
     wd = tmp_path / "wd"
-    args = ["--workdir", str(wd), "--no-progress", "--density-grid", "8", "--set", *TINY,
-            "train.decay=constant",
+    args = dict(workdir=wd, progress=False, density_grid=8)
+    sets = [*TINY, "train.decay=constant",
             "train.log_to=jsonl,tensorboard,wandb"]  # (a schedule that does not depend on steps)
-    assert main.main([*args, "train.steps=8", "--mode", "train"]) == 0
+    assert run.main(EIGHT, **args, sets=[*sets, "train.steps=8"], mode="train") == 0
     (wd / "checkpoints" / "ckpt_000000008.npz").unlink()
-    assert main.main([*args, "train.steps=12", "sample.method=ddim"]) == 0
+    assert run.main(EIGHT, **args, sets=[*sets, "train.steps=12", "sample.method=ddim"]) == 0
     assert capsys.readouterr().err.count("%|") == 0  # --no-progress: no bar anywhere
     tb = tensorboard_scalars(wd / "tensorboard")
     assert [s for s, _ in tb["train/loss"]] == [4, 8, 12]
@@ -234,6 +231,7 @@ def test_main_resumes_tensorboard_and_wandb(tmp_path, offline_wandb, capsys):
     assert [r["step"] for r in rows if "loss" in r] == [4, 8, 12]
 
 
+@pytest.mark.slow
 def test_only_process_0_tracks(monkeypatch, tmp_path):
     """Another process of a multi-host run opens no tracker and writes nothing."""
     monkeypatch.setattr(sgm.parallel, "is_main_process", lambda: False)
@@ -242,14 +240,15 @@ def test_only_process_0_tracks(monkeypatch, tmp_path):
     opened = []
     monkeypatch.setattr(track, "open_trackers", lambda *a, **k: opened.append(a))
     wd = tmp_path / "wd"
-    assert main.main(["--workdir", str(wd), "--mode", "train", "--no-progress", "--set", *TINY,
-                      "train.steps=4"]) == 0
+    assert run.main(EIGHT, workdir=wd, mode="train", progress=False,
+                    sets=[*TINY, "train.steps=4"]) == 0
     assert opened == [] and not wd.exists()
 
 
 # ---------------------------------------------------------------------------------- progress
 
 
+@pytest.mark.slow
 def test_sampling_and_likelihood_progress(capsys):
     """A bar follows the sampler's steps and the likelihood's batches; without a hook the library
     prints nothing."""

@@ -1,7 +1,9 @@
-"""Training end to end through main.py: outputs, exact resume, clear errors, checkpoints."""
+"""Training end to end through the command (`sgm.run.main`, what main.py runs): outputs, exact
+resume, clear errors, checkpoints."""
 
 import json
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,14 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sgm import checkpoint as ckpt
+from sgm import config as C
+from sgm import build, parallel, run
+from sgm.errors import CheckpointError
 
-import main  # noqa: E402
-from sgm import checkpoint as ckpt  # noqa: E402
-from sgm import config as C  # noqa: E402
-from sgm import build, parallel  # noqa: E402
-from sgm.errors import CheckpointError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+EIGHT = ROOT / "configs" / "eight_gaussians.py"  # main.py's default config
 
 TINY = ["train.steps=12", "train.batch_size=32", "train.log_every=4", "train.ckpt_every=4",
         "train.warmup=2", "model.width=16", "model.depth=1", "data.n_train=512", "data.n_test=64",
@@ -26,10 +27,9 @@ TINY = ["train.steps=12", "train.batch_size=32", "train.log_every=4", "train.ckp
         "likelihood.rtol=1e-3", "likelihood.atol=1e-3", "train.eval_num=16"]
 
 
-def run_main(tmp_path, *extra, name="run", mode="all", config=None):
-    argv = ([config] if config else []) + ["--workdir", str(tmp_path / name), "--mode", mode,
-                                           "--no-progress", "--set", *TINY, *extra]
-    return main.main(argv)
+def run_main(tmp_path, *extra, name="run", mode="all", config=EIGHT):
+    return run.main(config, workdir=tmp_path / name, mode=mode, progress=False,
+                    sets=[*TINY, *extra])
 
 
 def leaves(path):
@@ -37,14 +37,25 @@ def leaves(path):
         return {k: f[k] for k in f.files}
 
 
-def test_repeated_set_flags_accumulate():
-    args = main.parse_args(["--set", "train.steps=7", "model.width=16", "--set", "train.lr=0.5",
-                            "--set", "train.steps=9"])
-    assert args.set == ["train.steps=7", "model.width=16", "train.lr=0.5", "train.steps=9"]
-    cfg = C.override(C.load_file(main.DEFAULT_CONFIG), args.set)
+@pytest.mark.slow
+def test_repeated_set_flags_accumulate(tmp_path):
+    """`python main.py --set ... --set ...`: every --set is kept, in order, a later value wins."""
+    sets = ["train.steps=7", "model.width=16", "train.lr=0.5", "train.steps=9"]
+    cfg = C.override(C.load_file(EIGHT), sets)
     assert (cfg.train.steps, cfg.model.width, cfg.train.lr) == (9, 16, 0.5)
+    wd = tmp_path / "wd"
+    tiny = [s for s in TINY if s.split("=")[0] not in ("train.steps", "model.width")]
+    argv = [sys.executable, str(ROOT / "main.py"), "--workdir", str(wd), "--mode", "train",
+            "--no-progress", "--set", *tiny, "train.steps=7", "model.width=16", "--set",
+            "train.lr=0.5", "--set", "train.steps=9"]
+    subprocess.run(argv, check=True, capture_output=True, cwd=ROOT, timeout=600)
+    written = json.loads((wd / "config.json").read_text())
+    train, model = written["train"], written["model"]
+    assert (train["steps"], model["width"], train["lr"]) == (9, 16, 0.5)
+    assert ckpt.latest(wd / "checkpoints").name == "ckpt_000000009.npz"
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_outputs(tmp_path, capsys):
     assert run_main(tmp_path) == 0
     wd = tmp_path / "run"
@@ -77,11 +88,12 @@ LEARNED = ["sde.schedule=learned", "train.weighting=likelihood"]
 
 
 @pytest.mark.parametrize("extra", [[], LEARNED], ids=["linear", "learned-schedule"])
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, extra):
     """Bit for bit, also with a learned noise schedule (whose arrays the checkpoint holds)."""
     assert run_main(tmp_path, *extra, name="straight", mode="train") == 0
     # Interrupted run: stop after the step-4 checkpoint, then rerun the same command.
-    exp = build.experiment(C.override(C.load_file(main.DEFAULT_CONFIG), TINY + extra))
+    exp = build.experiment(C.override(C.load_file(EIGHT), TINY + extra))
 
     class Stop(Exception):
         pass
@@ -104,32 +116,32 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
-    (["--set", "train.steps=abc"], "train.steps='abc' is not an integer"),
-    (["--set", "train.steps=-5"], "train.steps=-5 is invalid"),
-    (["--set", "sde.beta_min=30"], "beta_min < beta_max"),
-    (["--set", "sde.kind=ve", "sde.sigma_min=60"], "sigma_min < sigma_max"),
-    (["--set", "sde.t0=0"], "t0"),
-    (["--set", "train.lr=inf"], "train.lr=inf is invalid: expected a finite number"),
-    (["--set", "sample.guidance=nan"], "sample.guidance=nan is invalid"),
-    (["--set", "train.seed=-1"], "train.seed=-1 is invalid"),
-    (["--set", "data.seed=-1"], "data.seed=-1 is invalid"),
-    (["--set", "model.param=v"], "renamed: use model.prediction=v"),
-    (["--num-processes", "2"], "needs the coordinator's host:port"),
-    (["--coordinator", "notahost", "--num-processes", "2", "--process-id", "0"], "expected host:port"),
-    (["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "5"], "process id 5 is invalid"),
-    (["--set", "data.name=imagenet"], "data.name='imagenet' is invalid"),
-    (["--set", "sample.method=magic"], "sample.method='magic' is invalid"),
-    (["--set", "model.net=resnet"], "model.net='resnet' is invalid"),
-    (["--set", "data.name=mnist", "data.root=/nonexistent/mnist", "model.net=unet"], "/nonexistent/mnist"),
-    (["configs/nope.py"], "config file 'configs/nope.py' not found"),
-    (["--mode", "sample"], "no checkpoint"),
+    (dict(sets=["train.stepz=3"]), "unknown config key 'train.stepz'"),
+    (dict(sets=["train.steps=abc"]), "train.steps='abc' is not an integer"),
+    (dict(sets=["train.steps=-5"]), "train.steps=-5 is invalid"),
+    (dict(sets=["sde.beta_min=30"]), "beta_min < beta_max"),
+    (dict(sets=["sde.kind=ve", "sde.sigma_min=60"]), "sigma_min < sigma_max"),
+    (dict(sets=["sde.t0=0"]), "t0"),
+    (dict(sets=["train.lr=inf"]), "train.lr=inf is invalid: expected a finite number"),
+    (dict(sets=["sample.guidance=nan"]), "sample.guidance=nan is invalid"),
+    (dict(sets=["train.seed=-1"]), "train.seed=-1 is invalid"),
+    (dict(sets=["data.seed=-1"]), "data.seed=-1 is invalid"),
+    (dict(sets=["model.param=v"]), "renamed: use model.prediction=v"),
+    (dict(num_processes=2), "needs the coordinator's host:port"),
+    (dict(coordinator="notahost", num_processes=2, process_id=0), "expected host:port"),
+    (dict(coordinator="h:1234", num_processes=2, process_id=5), "process id 5 is invalid"),
+    (dict(sets=["data.name=imagenet"]), "data.name='imagenet' is invalid"),
+    (dict(sets=["sample.method=magic"]), "sample.method='magic' is invalid"),
+    (dict(sets=["model.net=resnet"]), "model.net='resnet' is invalid"),
+    (dict(sets=["data.name=mnist", "data.root=/nonexistent/mnist", "model.net=unet"]),
+     "/nonexistent/mnist"),
+    (dict(config_file="configs/nope.py"), "config file 'configs/nope.py' not found"),
+    (dict(mode="sample"), "no checkpoint"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
     wd = tmp_path / "wd"
-    pos = [a for a in args if a.endswith(".py")]
-    rest = [a for a in args if not a.endswith(".py")]
-    code = main.main(pos + ["--workdir", str(wd), "--no-progress"] + rest)
+    args = {"config_file": EIGHT, **args}
+    code = run.main(args.pop("config_file"), workdir=wd, progress=False, **args)
     err = capsys.readouterr().err
     assert code == 2
     assert match in err and err.startswith("error: ") and err.count("\n") == 1
@@ -137,8 +149,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
 
 
 def test_dit_patch_error_is_clear(tmp_path, capsys):
-    code = main.main(["configs/digits.py", "--workdir", str(tmp_path / "w"), "--set", "model.net=dit",
-                      "model.patch=3"])
+    code = run.main("configs/digits.py", workdir=tmp_path / "w",
+                    sets=["model.net=dit", "model.patch=3"])
     assert code == 2 and "patch" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
@@ -184,13 +196,13 @@ def test_checkpoints_are_pruned_and_latest_is_newest(tmp_path):
     np.testing.assert_array_equal(back["w"], [0.0, 3.0, 6.0])
 
 
+@pytest.mark.slow
 def test_image_pipeline_end_to_end_with_unet(tmp_path):
     """digits: conditional UNet with attention and dropout, guidance, Hutchinson bits/dim."""
-    code = main.main(["configs/digits.py", "--workdir", str(tmp_path / "d"), "--no-progress", "--set",
-                      "train.steps=4", "train.log_every=2", "train.batch_size=16", "model.base=8",
-                      "model.dropout=0.1", "sample.num=4", "sample.steps=4", "likelihood.num=4",
-                      "likelihood.batch=4", "likelihood.rtol=1e-2", "likelihood.atol=1e-2",
-                      "train.eval_num=8"])
+    code = run.main("configs/digits.py", workdir=tmp_path / "d", progress=False, sets=[
+        "train.steps=4", "train.log_every=2", "train.batch_size=16", "model.base=8",
+        "model.dropout=0.1", "sample.num=4", "sample.steps=4", "likelihood.num=4",
+        "likelihood.batch=4", "likelihood.rtol=1e-2", "likelihood.atol=1e-2", "train.eval_num=8"])
     assert code == 0
     with np.load(tmp_path / "d" / "samples.npz", allow_pickle=False) as f:
         assert f["samples"].shape == (4, 1, 8, 8) and f["samples"].dtype == np.uint8

@@ -1,6 +1,7 @@
 """Datasets: embedded 2-D toys, 8x8 digits, Gaussian random fields, image files and a user's arrays.
 
-`load(name, ...)` returns a `Dataset`: numpy train/test arrays in data units (float32 for
+Every dataset is one entry of `DATASETS` (name -> loader, one signature for all), and
+`load(name, ...)` returns its `Dataset`: numpy train/test arrays in data units (float32 for
 continuous data, uint8 integer levels for discrete data), their conditioning (labels, parameters
 or conditioning images), and, where the density is known exactly, `log_prob` and `entropy` to
 hold a model's likelihood against. Scaling to the network's range lives in `transforms`,
@@ -23,6 +24,7 @@ from sgm.data.transforms import Preprocess, discrete_log_det
 from sgm.errors import ConfigError, DataError
 
 __all__ = [
+    "DATASETS",
     "NAMES",
     "Batches",
     "Dataset",
@@ -40,12 +42,6 @@ __all__ = [
     "toy",
 ]
 
-#: datasets `load` knows, embedded first, then those read from disk
-NAMES: tuple[str, ...] = (
-    *toy.NAMES, "digits", "grf", "grf_superres",
-    "mnist", "fashion_mnist", "cifar10", "flowers", "folder", "array",
-)
-_FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "flowers", "folder")
 #: where Debian's package dataset-fashion-mnist installs the four idx files
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _TAG = 0xDA7A  # keeps data-generation streams apart from the loader's (seed, epoch) streams
@@ -168,6 +164,134 @@ def _subset(name, x, y, n, part):
     return x[:n], None if y is None else y[:n]
 
 
+def _toy(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    if image_size is not None:
+        raise ConfigError(f"image_size applies to image data, not to the 2-D toy {name!r}.")
+    train = toy.sample(name, n_train or 50_000, _rng(seed, 0))
+    test = toy.sample(name, n_test or 10_000, _rng(seed, 1))
+    known = name in toy.WITH_DENSITY
+    return Dataset(
+        name, train, test, None, None, (2,),
+        log_prob=functools.partial(_toy_log_prob, name) if known else None,
+        entropy=toy.entropy(name) if known else None,
+    )  # fmt: skip
+
+
+def _grf(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    n = image_size or 32
+    train, train_p = grf.sample(n_train or 10_000, n, _rng(seed, 0))
+    test, test_p = grf.sample(n_test or 1_000, n, _rng(seed, 1))
+    entropy = float(np.mean(grf.entropy(test_p[:, 0], test_p[:, 1], n)))
+    return Dataset(
+        name, train, test, train_p, test_p, (1, n, n),
+        param_dim=2, log_prob=_grf_log_prob, entropy=entropy,
+    )  # fmt: skip
+
+
+def _grf_superres(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    n = image_size or 16
+    train, train_y = grf_superres.sample(n_train or 10_000, n, _rng(seed, 0))
+    test, test_y = grf_superres.sample(n_test or 1_000, n, _rng(seed, 1))
+    return Dataset(
+        name, train, test, train_y, test_y, (1, n, n), cond_shape=(1, n, n),
+        log_prob=_superres_log_prob, entropy=grf_superres.entropy(n),
+    )  # fmt: skip
+
+
+def _labelled(name, x_train, y_train, x_test, y_test, *, levels, num_classes, n_train, n_test,
+              image_size=None) -> Dataset:
+    """The first n_train/n_test examples of integer-level images, resized to `image_size`."""
+    x_train, y_train = _subset(name, x_train, y_train, n_train, "training")
+    x_test, y_test = _subset(name, x_test, y_test, n_test, "test")
+    if image_size is not None:
+        x_train = images.resize_images(x_train, image_size)
+        x_test = images.resize_images(x_test, image_size)
+    return Dataset(
+        name, x_train, x_test, y_train, y_test, tuple(x_train.shape[1:]),
+        levels=levels, num_classes=num_classes,
+    )  # fmt: skip
+
+
+def _digits(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    if image_size not in (None, 8):
+        raise ConfigError(f"Digits are 8x8; image_size must be 8 or None, got {image_size}.")
+    return _labelled(name, *digits.load_digits(), levels=digits.LEVELS, num_classes=10,
+                     n_train=n_train, n_test=n_test)
+
+
+def _root(name, root) -> Path:
+    return Path("data") / name if root is None else Path(root)
+
+
+def _mnist(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    return _labelled(name, *files.load_mnist(_root(name, root)), levels=256, num_classes=10,
+                     n_train=n_train, n_test=n_test, image_size=image_size)
+
+
+def _fashion_mnist(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    root = FASHION_MNIST_ROOT if root is None else Path(root)
+    if not root.exists():
+        raise DataError(f"Fashion-MNIST not found in {root}: install it with `apt-get install "
+                        "dataset-fashion-mnist`, or set data.root to a folder of its idx files.")
+    return _mnist(name, root=root, n_train=n_train, n_test=n_test, image_size=image_size,
+                  seed=seed)
+
+
+def _cifar10(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    return _labelled(name, *files.load_cifar10(_root(name, root)), levels=256, num_classes=10,
+                     n_train=n_train, n_test=n_test, image_size=image_size)
+
+
+def _image_folder(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    # No official split: a fixed tenth (or n_test) of the images, chosen independently of `seed`
+    # so that every run evaluates on the same images.
+    root = _root(name, root)
+    x, labels, classes = images.load_image_folder(root, size=image_size)
+    num_classes = len(classes) if len(classes) > 1 else None
+    n_hold = x.shape[0] // 10 if n_test is None else n_test
+    if n_hold >= x.shape[0]:
+        raise DataError(f"{root} holds {x.shape[0]} images: too few to hold out {n_hold}.")
+    perm = np.random.default_rng([_TAG, 2]).permutation(x.shape[0])
+    test_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    y_train = labels[train_idx] if num_classes else None
+    y_test = labels[test_idx] if num_classes else None
+    return _labelled(name, x[train_idx], y_train, x[test_idx], y_test, levels=256,
+                     num_classes=num_classes, n_train=n_train, n_test=None)
+
+
+def _array(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
+    if image_size is not None:
+        raise ConfigError("image_size does not apply to data.name='array': store the arrays at "
+                          "the size to train on.")
+    a = arrays.load_arrays(root, n_test=n_test)
+    x_train, c_train = _subset(name, a.x_train, a.cond_train, n_train, "training")
+    x_test, c_test = _subset(name, a.x_test, a.cond_test, n_test, "test")  # split: no-op
+    shape = tuple(x_train.shape[1:])
+    return Dataset(
+        name, x_train, x_test, c_train, c_test, shape, levels=a.levels,
+        num_classes=a.num_classes,
+        param_dim=c_train.shape[1] if a.kind == "params" else None,
+        cond_shape=tuple(c_train.shape[1:]) if a.kind == "cond" else None,
+    )  # fmt: skip
+
+
+#: every dataset `load` knows, embedded first, then those read from disk: name -> loader, each
+#: `loader(name, *, root, n_train, n_test, image_size, seed) -> Dataset` with `load`'s arguments
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    **dict.fromkeys(toy.NAMES, _toy),
+    "digits": _digits,
+    "grf": _grf,
+    "grf_superres": _grf_superres,
+    "mnist": _mnist,
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    "flowers": _image_folder,
+    "folder": _image_folder,
+    "array": _array,
+}
+NAMES: tuple[str, ...] = tuple(DATASETS)
+
+
 def load(
     name: str,
     *,
@@ -195,101 +319,8 @@ def load(
             resize the shorter side and centre-crop to this size (default: keep the stored size).
         seed: seed of generated data (toys, grf, grf_superres); other sets ignore it.
     """
-    if name not in NAMES:
-        raise DataError(f"Unknown dataset {name!r}: expected one of {', '.join(NAMES)}.")
-    if name in toy.NAMES:
-        if image_size is not None:
-            raise ConfigError(f"image_size applies to image data, not to the 2-D toy {name!r}.")
-        train = toy.sample(name, n_train or 50_000, _rng(seed, 0))
-        test = toy.sample(name, n_test or 10_000, _rng(seed, 1))
-        known = name in toy.WITH_DENSITY
-        return Dataset(
-            name, train, test, None, None, (2,),
-            log_prob=functools.partial(_toy_log_prob, name) if known else None,
-            entropy=toy.entropy(name) if known else None,
-        )  # fmt: skip
-    if name == "grf":
-        n = image_size or 32
-        train, train_p = grf.sample(n_train or 10_000, n, _rng(seed, 0))
-        test, test_p = grf.sample(n_test or 1_000, n, _rng(seed, 1))
-        entropy = float(np.mean(grf.entropy(test_p[:, 0], test_p[:, 1], n)))
-        return Dataset(
-            name, train, test, train_p, test_p, (1, n, n),
-            param_dim=2, log_prob=_grf_log_prob, entropy=entropy,
-        )  # fmt: skip
-    if name == "grf_superres":
-        n = image_size or 16
-        train, train_y = grf_superres.sample(n_train or 10_000, n, _rng(seed, 0))
-        test, test_y = grf_superres.sample(n_test or 1_000, n, _rng(seed, 1))
-        return Dataset(
-            name, train, test, train_y, test_y, (1, n, n), cond_shape=(1, n, n),
-            log_prob=_superres_log_prob, entropy=grf_superres.entropy(n),
-        )  # fmt: skip
-    if name == "array":
-        return _from_arrays(root, n_train, n_test, image_size)
-    if name == "digits":
-        if image_size not in (None, 8):
-            raise ConfigError(f"Digits are 8x8; image_size must be 8 or None, got {image_size}.")
-        x_train, y_train, x_test, y_test = digits.load_digits()
-        levels, num_classes = digits.LEVELS, 10
-    else:
-        if root is None:
-            root = FASHION_MNIST_ROOT if name == "fashion_mnist" else Path("data") / name
-        root = Path(root)
-        x_train, y_train, x_test, y_test, num_classes = _from_disk(name, root, image_size, n_test)
-        if name in ("flowers", "folder"):
-            n_test = None  # already held out
-        levels = 256
-    x_train, y_train = _subset(name, x_train, y_train, n_train, "training")
-    x_test, y_test = _subset(name, x_test, y_test, n_test, "test")
-    return Dataset(
-        name, x_train, x_test, y_train, y_test, tuple(x_train.shape[1:]),
-        levels=levels, num_classes=num_classes,
-    )  # fmt: skip
-
-
-def _from_arrays(root, n_train, n_test, image_size) -> Dataset:
-    if image_size is not None:
-        raise ConfigError("image_size does not apply to data.name='array': store the arrays at "
-                          "the size to train on.")
-    a = arrays.load_arrays(root, n_test=n_test)
-    x_train, c_train = _subset("array", a.x_train, a.cond_train, n_train, "training")
-    x_test, c_test = _subset("array", a.x_test, a.cond_test, n_test, "test")  # split: no-op
-    shape = tuple(x_train.shape[1:])
-    return Dataset(
-        "array", x_train, x_test, c_train, c_test, shape, levels=a.levels,
-        num_classes=a.num_classes,
-        param_dim=c_train.shape[1] if a.kind == "params" else None,
-        cond_shape=tuple(c_train.shape[1:]) if a.kind == "cond" else None,
-    )  # fmt: skip
-
-
-def _from_disk(name: str, root: Path, image_size: int | None, n_test: int | None):
-    """(x_train, y_train, x_test, y_test, num_classes) of an image dataset read from `root`."""
-    if name in ("mnist", "fashion_mnist"):
-        if name == "fashion_mnist" and not root.exists():
-            raise DataError(f"Fashion-MNIST not found in {root}: install it with `apt-get install "
-                            "dataset-fashion-mnist`, or set data.root to a folder of its idx "
-                            "files.")
-        x_train, y_train, x_test, y_test = files.load_mnist(root)
-        num_classes = 10
-    elif name == "cifar10":
-        x_train, y_train, x_test, y_test = files.load_cifar10(root)
-        num_classes = 10
-    else:
-        # No official split: a fixed tenth (or n_test) of the images, chosen independently of
-        # `seed` so that every run evaluates on the same images.
-        x, labels, classes = images.load_image_folder(root, size=image_size)
-        num_classes = len(classes) if len(classes) > 1 else None
-        n_hold = x.shape[0] // 10 if n_test is None else n_test
-        if n_hold >= x.shape[0]:
-            raise DataError(f"{root} holds {x.shape[0]} images: too few to hold out {n_hold}.")
-        perm = np.random.default_rng([_TAG, 2]).permutation(x.shape[0])
-        test_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-        x_train, x_test = x[train_idx], x[test_idx]
-        y_train = labels[train_idx] if num_classes else None
-        y_test = labels[test_idx] if num_classes else None
-    if image_size is not None:
-        x_train = images.resize_images(x_train, image_size)
-        x_test = images.resize_images(x_test, image_size)
-    return x_train, y_train, x_test, y_test, num_classes
+    loader = DATASETS.get(name)
+    if loader is None:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}")
+    return loader(name, root=root, n_train=n_train, n_test=n_test, image_size=image_size,
+                  seed=seed)

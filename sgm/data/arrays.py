@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sgm.errors import ConfigError, DataError
+from sgm.npz import oversized
 
 CONDITIONS = ("labels", "params", "cond")  # what the samples may be conditioned on
 KEYS = ("x", "levels", *CONDITIONS, "x_test", *(f"{k}_test" for k in CONDITIONS))
@@ -64,6 +65,9 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # np.load would try it as a pickle
         raise DataError(f"{path} is neither an .npz nor an .npy file (it starts {magic!r}): "
                         "expected arrays saved with numpy.savez or numpy.save.")
+    if (big := oversized(path)) is not None:
+        raise DataError(f"{path} is damaged: the header of array {big!r} claims more data than the "
+                        f"file holds.")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -85,8 +89,13 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 
 def _finite(a: np.ndarray, where: str) -> None:
+    """Refuses NaN or inf, and values that float32 (the dtype they are cast to) cannot hold."""
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
         raise DataError(f"{where} holds NaN or inf: expected finite values.")
+    big = float(np.finfo(np.float32).max)
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and float(np.abs(a).max()) > big:
+        raise DataError(f"{where} holds values beyond float32's range: expected magnitudes of at "
+                        f"most {big:.3g}.")
 
 
 def _samples(x: np.ndarray, levels: int | None, where: str) -> np.ndarray:
@@ -128,6 +137,9 @@ def _condition(kind: str, a: np.ndarray, x: np.ndarray, where: str) -> np.ndarra
                             f"class labels of shape ({n},).")
         if a.min() < 0:
             raise DataError(f"{where} holds negative labels: expected classes 0..K-1.")
+        if int(a.max()) >= n:
+            raise DataError(f"{where} holds label {int(a.max())} among {n} samples: expected "
+                            f"classes 0..K-1 with K at most the number of samples.")
         return a.astype(np.int32)
     if a.dtype.kind not in "uif":
         raise DataError(f"{where} has dtype {a.dtype}: expected floats or integers.")
@@ -135,8 +147,9 @@ def _condition(kind: str, a: np.ndarray, x: np.ndarray, where: str) -> np.ndarra
     a = a.astype(np.float32)
     if kind == "params":
         a = a[:, None] if a.ndim == 1 else a
-        if a.ndim != 2:
-            raise DataError(f"{where} has shape {a.shape}: expected parameter vectors (N, P).")
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise DataError(f"{where} has shape {a.shape}: expected parameter vectors (N, P) with "
+                            f"P >= 1.")
         return a
     a = a[:, None] if a.ndim == 3 else a
     if x.ndim != 4:

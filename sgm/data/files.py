@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sgm.errors import DataError
+from sgm.npz import oversized
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -121,6 +122,9 @@ def read_mnist_npz(path: str | Path) -> Split:
     """Read `x_train, y_train, x_test, y_test` from an npz file (pickle disabled)."""
     path = Path(path)
     keys = ("x_train", "y_train", "x_test", "y_test")
+    if (big := oversized(path)) is not None:
+        raise DataError(f"{path} is damaged: the header of array {big!r} claims more data than the "
+                        f"file holds.")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]

@@ -7,7 +7,8 @@ Every network takes ONE unbatched sample (batch with `jax.vmap`) and knows nothi
     UNet  images `(c, h, w)`                    Ho et al. 2020 / Song et al. 2021
     DiT   images `(c, h, w)`                    Peebles & Xie 2023
 
-All share the call `net(t, x, *, label=None, param=None, image=None, key=None)`.
+All implement `AbstractScoreNet`'s call `net(t, x, *, label=None, param=None, image=None,
+key=None)`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from sgm.nets.base import AbstractScoreNet
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 from sgm.nets.mlp import MLP
 from sgm.nets.transformer import DiT
@@ -23,6 +25,7 @@ from sgm.nets.unet import UNet
 
 __all__ = [
     "MLP",
+    "AbstractScoreNet",
     "ConditionEmbedding",
     "DiT",
     "TimeEmbedding",

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from sgm.errors import ConfigError
+from sgm.nets.base import AbstractScoreNet
 from sgm.nets.embeddings import (
     ConditionEmbedding,
     Key,
@@ -54,8 +55,12 @@ class _ResidualBlock(eqx.Module):
         return h + self.linear2(z)
 
 
-class MLP(eqx.Module):
+class MLP(AbstractScoreNet):
     """Residual MLP score network `f(t, x) -> (d,)` for vectors `x` of shape `(d,)`.
+
+    Called as every `AbstractScoreNet`, with `x` of `data_dim` numbers in any shape (a `(d,)`
+    vector, or e.g. a `(C, H, W)` image, flattened in and reshaped out) and `image` of `cond_dim`
+    numbers (flattened).
 
     Arguments (constructor):
         data_dim: length `d` of the data vector.
@@ -125,21 +130,6 @@ class MLP(eqx.Module):
         image: Float[Array, "..."] | None = None,
         key: Key | None = None,
     ) -> Float[Array, "..."]:
-        """Evaluate the network on one sample.
-
-        Arguments:
-            t: scalar time.
-            x: data of `d` numbers in any shape (a `(d,)` vector, or e.g. a `(C, H, W)` image,
-                which is flattened in and reshaped out).
-            label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
-            param: `(param_dim,)` parameter vector.
-            image: conditioning array of `cond_dim` numbers (flattened), concatenated to `x` with
-                a presence flag; an array of NaNs is the null (guidance).
-            key: dropout key; None means inference (deterministic).
-
-        Returns:
-            array of the shape of `x`.
-        """
         shape = x.shape
         if x.size != self.data_dim:
             raise ValueError(f"MLP expects x with {self.data_dim} numbers, got shape {x.shape}.")

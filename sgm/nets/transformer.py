@@ -24,6 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from sgm.errors import ConfigError
+from sgm.nets.base import AbstractScoreNet
 from sgm.nets.embeddings import (
     ConditionEmbedding,
     Key,
@@ -91,8 +92,11 @@ class _Block(eqx.Module):
         return x + g2 * h
 
 
-class DiT(eqx.Module):
+class DiT(AbstractScoreNet):
     """Diffusion Transformer `f(t, x) -> (c, h, w)` for channels-first images `(c, h, w)`.
+
+    Called as every `AbstractScoreNet`, with `x` of shape `(channels, h, w)` and `image` of shape
+    `(cond_channels, h', w')`, `h' <= h` and `w' <= w` (resized up).
 
     Arguments (constructor):
         channels: image channels `c`.
@@ -178,20 +182,6 @@ class DiT(eqx.Module):
         image: Float[Array, "c_cond h w"] | None = None,
         key: Key | None = None,
     ) -> Float[Array, "c h w"]:
-        """Evaluate the network on one image.
-
-        Arguments:
-            t: scalar time.
-            x: `(channels, h, w)` image.
-            label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
-            param: `(param_dim,)` parameter vector.
-            image: `(cond_channels, h', w')` conditioning image (`h' <= h`, `w' <= w`, resized
-                up), concatenated to `x`; an image of NaNs is the null (guidance).
-            key: dropout key; None means inference (deterministic).
-
-        Returns:
-            `(channels, h, w)` array.
-        """
         h, w = self.image_size
         p = self.patch
         if x.shape != (self.channels, h, w):

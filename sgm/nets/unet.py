@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from sgm.errors import ConfigError
+from sgm.nets.base import AbstractScoreNet
 from sgm.nets.embeddings import (
     ConditionEmbedding,
     Image,
@@ -124,8 +125,11 @@ class _Level(eqx.Module):
         return self.resample(h)
 
 
-class UNet(eqx.Module):
+class UNet(AbstractScoreNet):
     """U-Net `f(t, x) -> (c, h, w)` for channels-first images `x` of shape `(c, h, w)`.
+
+    Called as every `AbstractScoreNet`, with `x` of shape `(channels, h, w)` and `image` of shape
+    `(cond_channels, h', w')`, `h' <= h` and `w' <= w` (resized up).
 
     Arguments (constructor):
         channels: image channels `c` (1 or 3 typically).
@@ -281,20 +285,6 @@ class UNet(eqx.Module):
         image: Float[Array, "c_cond h w"] | None = None,
         key: Key | None = None,
     ) -> Float[Array, "c h w"]:
-        """Evaluate the network on one image.
-
-        Arguments:
-            t: scalar time.
-            x: `(channels, h, w)` image.
-            label: scalar int in `[0, num_classes]`; None or `num_classes` is the null label.
-            param: `(param_dim,)` parameter vector.
-            image: `(cond_channels, h', w')` conditioning image (`h' <= h`, `w' <= w`, resized
-                up), concatenated to `x`; an image of NaNs is the null (guidance).
-            key: dropout key; None means inference (deterministic).
-
-        Returns:
-            `(channels, h, w)` array.
-        """
         h, w = self.image_size
         if x.shape != (self.channels, h, w):
             raise ValueError(f"UNet expects x of shape {(self.channels, h, w)}, got {x.shape}.")

@@ -1,6 +1,8 @@
-"""Figures only the benchmarks draw: grids of 2-D panels and 1-D SDE trajectories.
+"""Multi-panel figures: grids of 2-D panels (`scatter_grid`) and 1-D SDE trajectories with the
+marginals at both ends (`sde_paths`), as bench/figures.py draws them for figs/.
 
-Built on the plumbing of `sgm.plot` (an Agg figure, atomic palette PNGs, shared 2-D windows).
+Built on the plumbing of `sgm.plot` (an Agg figure, atomic palette PNGs, shared 2-D windows);
+matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgm import plot as P
+from . import plot as P
 
 _LINSCALE = 1.5  # visual size of the symlog axis' linear part, in decades (room for the data end)
 
