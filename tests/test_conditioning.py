@@ -100,6 +100,7 @@ def test_condition_image_is_resized_and_its_null_is_not_a_zero_image():
             with_condition_image("UNet", x, bad, 1)
 
 
+@pytest.mark.slow
 def test_every_network_takes_a_smaller_image_and_the_null():
     key = jax.random.key(0, impl="rbg")  # compiles its random kernels faster than threefry
     nets = [UNet(1, 8, base=8, channel_mults=(1, 2), heads=2, cond_channels=2, key=key),

@@ -19,6 +19,7 @@ def _solve(sde, x, **options):
     return np.asarray(logp), int(info["nfe"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepping", ["batch", "point"])
 @pytest.mark.parametrize("exact", [True, False])
 def test_meter_shows_the_solve_and_changes_nothing(capsys, stepping, exact):

@@ -139,6 +139,7 @@ def test_nan_loss_stops_naming_step_and_keeps_good_checkpoint(tmp_path, nan_batc
         back.model) if hasattr(a, "dtype") and np.issubdtype(a.dtype, np.floating))
 
 
+@pytest.mark.slow
 def test_nan_loss_can_be_skipped(tmp_path, nan_batch):
     exp = _setup("skip")
     logs = []
@@ -240,6 +241,7 @@ def test_same_shaped_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     assert command(wd, "train.steps=4", "data.n_test=32", "model.dropout=0.1", "train.steps=6") == 0
 
 
+@pytest.mark.slow
 def test_rejected_config_leaves_a_finished_run_alone(tmp_path, capsys):
     wd = tmp_path / "wd"
     assert command(wd, "train.steps=4") == 0

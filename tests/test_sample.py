@@ -105,7 +105,8 @@ def test_bad_options_are_rejected(bad, match):
         sgm.sample(lambda t, x: -x, sgm.VPSDE(), (2,), key=jax.random.key(0), num=2, **bad)
 
 
-@pytest.mark.parametrize("method", ["em", "ode", "ddim"])
+@pytest.mark.parametrize("method", [pytest.param("em", marks=pytest.mark.slow),
+                                    pytest.param("ode", marks=pytest.mark.slow), "ddim"])
 def test_per_sample_conditioning(method):
     """A conditional closed-form score N(mu, 0.1^2): each sample follows its own mu."""
     sde = sgm.SubVPSDE()
