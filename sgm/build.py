@@ -125,6 +125,7 @@ CHOICES = {
     "likelihood.dequant": data.transforms.DEQUANTS,
     "likelihood.solver": likelihood.SOLVERS,
     "likelihood.stepping": likelihood.STEPPING,
+    "likelihood.error_norm": likelihood.ERROR_NORMS,
     "likelihood.clock": likelihood.CLOCKS,
 }
 
@@ -245,7 +246,7 @@ def likelihood_options(cfg: Config) -> dict:
     return dict(exact=lc.exact, rtol=lc.rtol, atol=lc.atol, probes=lc.probes, batch=lc.batch,
                 dequant_samples=lc.dequant_samples, dequant_bound=lc.dequant_bound,
                 dequant=lc.dequant,
-                solver=lc.solver, stepping=lc.stepping, clock=lc.clock)
+                solver=lc.solver, stepping=lc.stepping, error_norm=lc.error_norm, clock=lc.clock)
 
 
 # ------------------------------------------------------------------------------------ experiment
@@ -280,7 +281,7 @@ class Experiment:
         t = self.cfg.train
         loss = functools.partial(_loss, options=loss_options(self.cfg))
         step = train.make_step(loss, self.optimizer, self.preprocess, ema=t.ema,
-                               conditioning=self.conditioning, grad_accum=t.grad_accum)
+                               ema_warmup=t.ema_warmup, conditioning=self.conditioning, grad_accum=t.grad_accum)
         conditional = self.conditioning.keyword is not None
         arrays = (self.ds.train, self.ds.train_cond) if conditional else self.ds.train
         batches = data.Batches(arrays, t.batch_size, t.seed, start_step=int(state.step),
@@ -296,17 +297,27 @@ class Experiment:
                                      key=jax.random.key(0), **loss_options(self.cfg, heldout=True))
 
     def heldout_likelihood(self, model, *, num: int | None = None, mesh=None, **overrides) -> dict:
-        """Held-out NLL/bits per dim (`evaluate.heldout_likelihood`), next to the exact density."""
+        """Held-out NLL/bits per dim (`evaluate.heldout_likelihood`); where the data's density is
+        known also `true_nll` (the exact NLL of the same points), `gap` (NLL - true_nll) and
+        `gap_stderr` (the standard error of the per-point differences; None for one point)."""
         lc = self.cfg.likelihood
         num = min(lc.num if num is None else num, self.ds.test.shape[0])
         x = self.ds.test[:num]
         raw = None if self.ds.test_cond is None else self.ds.test_cond[:num]
         opts = {**likelihood_options(self.cfg), **overrides}
+        exact = self.ds.log_prob is not None
         out = evaluate.heldout_likelihood(model, self.preprocess, x, self.cond(raw),
-                                          key=jax.random.key(lc.seed), mesh=mesh, **opts)
+                                          key=jax.random.key(lc.seed), mesh=mesh,
+                                          **{"return_draws": exact, **opts})
         out["entropy"] = self.ds.entropy
-        if self.ds.log_prob is not None:  # the exact density on the same points: the honest gap
-            out["true_nll"] = -float(np.mean(self.ds.log_prob(np.asarray(x), raw)))
+        if exact:  # the exact density on the same points: the honest gap, paired point by point
+            true = np.asarray(self.ds.log_prob(np.asarray(x), raw), np.float64)
+            gaps = true - np.mean(np.asarray(out["draws"], np.float64), axis=0)
+            out["true_nll"] = -float(np.mean(true))
+            out["gap"] = float(np.mean(gaps))
+            out["gap_stderr"] = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
+            if not opts.get("return_draws", False):
+                del out["draws"]
         return out
 
     def log_density(self, model, x, *, mesh=None, batch: int = 512, **overrides) -> np.ndarray:

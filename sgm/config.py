@@ -80,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema: float = 0.999
+    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) at update n
     seed: int = 0
     weighting: str = "sigma2"
     importance: bool = False
@@ -125,6 +126,7 @@ class LikelihoodConfig:
     seed: int = 2
     solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8
     stepping: str = "batch"  # shared steps for each batch, or "point": each point its own
+    error_norm: str = "point"  # shared steps: every point within tolerance, or "batch": their RMS
     clock: str = "auto"  # the ODE's variable: t, logt, logsnr; auto: logsnr if learned, else t
 
 

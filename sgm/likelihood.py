@@ -10,7 +10,8 @@ d log p_t(x(t)) / dt = -div v(t, x(t)), so with z = x(t1) obtained by integratin
 or Hutchinson's estimate eps^T (dv/dx) eps with probes eps held fixed along the path.
 
 By default (see `log_likelihood`) the whole batch is one ODE with shared steps (a vmapped batch of
-per-point adaptive solves runs to its slowest point anyway), solved by Dopri5 for VP/SubVP and
+per-point adaptive solves runs to its slowest point anyway), each step accepted only when every
+point's own error meets the tolerances, solved by Dopri5 for VP/SubVP and
 Tsit5 for VE, with the state rescaled to unit scale and integrated in t. See
 `docs/results/defaults.md` for the measurements behind these defaults.
 """
@@ -59,6 +60,16 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
 SOLVERS = ("auto", *ADAPTIVE)
 CLOCKS = ("auto", "t", "logt", "logsnr")
 STEPPING = ("point", "batch")
+ERROR_NORMS = ("point", "batch")
+
+
+def _largest_point_rms(err) -> jax.Array:
+    """The step-size controller's norm of a shared-step batch solve: each point's RMS over its
+    coordinates and its log-density accumulator, the largest over the batch. A step is accepted
+    only when every point meets the tolerances, as its own solve would demand."""
+    y, delta = err
+    per_point = jnp.sum(jnp.square(y), axis=1) + jnp.square(delta)
+    return jnp.sqrt(jnp.max(per_point) / (y.shape[1] + 1))
 
 
 def _clock(sde: AbstractSDE, clock: str, t0):
@@ -87,7 +98,7 @@ def _clock(sde: AbstractSDE, clock: str, t0):
 
 @eqx.filter_jit
 def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, solver, chunk,
-           hutchinson, max_steps, sharding, clock, stepping, pcoeff, icoeff, rescale,
+           hutchinson, max_steps, sharding, clock, stepping, error_norm, pcoeff, icoeff, rescale,
            progress_meter):
     """`log_likelihood` once its arguments are checked and its defaults resolved (solver, clock,
     t0, one key per sample). Arrays (x, cond, keys, the score's parameters) are traced; strings,
@@ -125,11 +136,11 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
     def probes_of(k, y0):
         return None if exact else _probes(k, probes, dim, probe, y0.dtype)
 
-    def integrate(term, y0):
+    def integrate(term, y0, **norm):
         return diffrax.diffeqsolve(
             term, make(), u0, u1, None, y0,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff,
-                                                      icoeff=icoeff),
+                                                      icoeff=icoeff, **norm),
             max_steps=max_steps, progress_meter=progress_meter,
         )
 
@@ -148,7 +159,8 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
         eps = jax.vmap(probes_of)(keys, flat)
         batched = jax.vmap(field, in_axes=(None, 0, 0, 0))
         term = diffrax.ODETerm(lambda u, state, args: batched(u, state[0], eps, cond))
-        sol = integrate(term, (flat, jnp.zeros(flat.shape[0], flat.dtype)))
+        norm = {"norm": _largest_point_rms} if error_norm == "point" else {}  # else diffrax's RMS
+        sol = integrate(term, (flat, jnp.zeros(flat.shape[0], flat.dtype)), **norm)
         z, delta = sol.ys[0][-1], sol.ys[1][-1]
         n_steps = jnp.broadcast_to(sol.stats["num_steps"], (flat.shape[0],))
         nfe = sol.stats["num_steps"] * per_step + 1
@@ -166,7 +178,8 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
                    probe: str = "rademacher", t0: float | None = None, solver: str = "auto",
                    chunk: int = 128, hutchinson: str = "jvp", max_steps: int = 16384,
                    cond: dict | None = None, sharding=None, clock: str = "auto",
-                   stepping: str = "batch", pcoeff: float = 0.0, icoeff: float = 1.0,
+                   stepping: str = "batch", error_norm: str = "point", pcoeff: float = 0.0,
+                   icoeff: float = 1.0,
                    rescale: bool = True,
                    progress_meter: diffrax.AbstractProgressMeter | None = None):
     """log p_t0(x) in nats for each sample of a batch, by the probability-flow ODE.
@@ -178,9 +191,9 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         key: PRNG key for Hutchinson probes (required when `exact=False`).
         exact: exact divergence (chunked forward mode) or Hutchinson's estimator.
         rtol, atol: tolerances of the adaptive solver (PID controller), on the RMS of the scaled
-            local errors of every coordinate and log-density accumulator (of the whole batch with
-            `stepping="batch"`). With D + 1 components per point, the accumulator's error is at
-            most sqrt(D + 1) times its tolerance: at most the tolerance per dimension (D >= 2).
+            local errors of a point's coordinates and its log-density accumulator (see
+            `error_norm` for a batch). With D + 1 components per point, the accumulator's error is
+            at most sqrt(D + 1) times its tolerance: at most the tolerance per dimension (D >= 2).
         probes: number of Hutchinson probes averaged per sample (fixed along the path).
         probe: "rademacher" or "gaussian".
         t0: start time (default `sde.t0`).
@@ -199,13 +212,16 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
             is "logsnr" on a learned schedule (the ODE in the noise level does not depend on the
             schedule's shape) and "t" on every other SDE. See `docs/results/defaults.md` for the
             measurements behind this default.
-        stepping: "batch" (the default: one solve of the whole batch with shared steps, the error
-            measured over the batch, as score_sde's whole-batch solve does) or "point" (every
-            sample its own steps and error control; a vmapped batch of them still runs until its
-            slowest sample is done, so it costs that sample's steps for every sample). Shared
-            steps control the batch's RMS error: one outlier among B points (a far out-of-sample
-            point, say) may carry up to sqrt(B) times its own tolerance. Use "point" when each
-            sample's log-density must be accurate on its own.
+        stepping: "batch" (the default: one solve of the whole batch with shared steps) or
+            "point" (every sample its own steps and error control; a vmapped batch of them still
+            runs until its slowest sample is done, so it costs that sample's steps for every
+            sample).
+        error_norm: how a shared-step solve measures its error. "point" (the default): each
+            point's RMS, the largest over the batch, so every point meets rtol/atol as its own
+            solve would. "batch": the RMS over the whole batch (score_sde's whole-batch solve),
+            which controls only the mean: one outlier among B points (a far out-of-sample point,
+            say) may carry up to sqrt(B) times its own tolerance; it takes fewer steps. Ignored
+            with `stepping="point"`.
         pcoeff, icoeff: the PID controller's proportional and integral coefficients.
         rescale: integrate y = x / m(t), m(t) = sqrt(scale(t)^2 + std(t)^2) (the std at t of
             unit-variance data: 1 for VP, sqrt(1 + sigma^2) for VE), so the state stays O(1) and
@@ -233,6 +249,9 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
     if stepping not in STEPPING:
         raise ConfigError(f"unknown likelihood stepping {stepping!r}; expected one of "
                           f"{', '.join(STEPPING)}")
+    if error_norm not in ERROR_NORMS:
+        raise ConfigError(f"unknown likelihood error norm {error_norm!r}; expected one of "
+                          f"{', '.join(ERROR_NORMS)}")
     if not exact and key is None:
         raise ConfigError("Hutchinson's estimator (exact=False) needs a PRNG key: pass key=...")
     if probes < 1:
@@ -251,8 +270,8 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         return jax.block_until_ready(_solve(
             score, sde, x, cond=cond or {}, keys=keys, exact=exact, rtol=rtol, atol=atol,
             probes=probes, probe=probe, t0=t0, solver=solver, chunk=chunk, hutchinson=hutchinson,
-            max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping, pcoeff=pcoeff,
-            icoeff=icoeff, rescale=rescale,
+            max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping,
+            error_norm=error_norm, pcoeff=pcoeff, icoeff=icoeff, rescale=rescale,
             progress_meter=diffrax.NoProgressMeter() if progress_meter is None else progress_meter))
 
 

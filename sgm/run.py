@@ -309,6 +309,8 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
     out = {"likelihood": lik}
     ent = "" if ds.entropy is None else f" (true entropy {ds.entropy:.4f}"
     ent += "" if "true_nll" not in lik else f", exact density on these points {lik['true_nll']:.4f}"
+    if lik.get("gap_stderr") is not None:
+        ent += f", paired gap {lik['gap']:.4f} ± {lik['gap_stderr']:.4f}"
     ent += "" if ds.entropy is None else ")"
     unit = f"{lik['bpd']:.4f} bits/dim" if ds.levels else f"{lik['nll']:.4f} nats{ent}"
     if main_process:

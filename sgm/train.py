@@ -70,8 +70,20 @@ def _finite_norm(tree) -> jax.Array:
     return jnp.isfinite(_global_norm(eqx.filter(tree, eqx.is_inexact_array)))
 
 
+def ema_decay(ema: float, step, warmup: bool = True):
+    """The decay of the EMA update that follows `step` earlier updates: `ema`, or with `warmup`
+    min(ema, (1 + step) / (10 + step)), so that an average of a few hundred steps is not still
+    mostly its initial weights (0.1 at the first update, 0.5 at the ninth, 0.9 at the 81st; a
+    decay of 0.999 is reached after 8991 updates)."""
+    if not warmup:
+        return jnp.asarray(ema, jnp.float32)
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(ema), (1.0 + step) / (10.0 + step))
+
+
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, preprocess: Preprocess,
-              *, ema: float, conditioning: Conditioning | None = None, grad_accum: int = 1) -> Callable:
+              *, ema: float, ema_warmup: bool = True, conditioning: Conditioning | None = None,
+              grad_accum: int = 1) -> Callable:
     """The jitted `step(state, x, cond, key) -> (state, loss)`, donating its arguments' buffers.
 
     The `state` passed in (and the batch) must not be used after the call: their buffers may hold
@@ -83,6 +95,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, prepro
         optimizer: the optax transformation applied to the gradients.
         preprocess: raw batch -> model space.
         ema: decay of the exponential moving average of the weights.
+        ema_warmup: start the average with smaller decays (`ema_decay`).
         conditioning: turns the batch's raw conditions into keywords (label dropout included).
         grad_accum: micro-batches per step; their mean gradient is the batch's.
 
@@ -120,8 +133,9 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, prepro
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         model = eqx.apply_updates(state.model, updates)
         new_params = eqx.filter(model, eqx.is_inexact_array)
+        decay = ema_decay(ema, state.step, ema_warmup)
         ema_params = optax.incremental_update(new_params, eqx.filter(state.ema, eqx.is_inexact_array),
-                                              1.0 - ema)
+                                              1.0 - decay)
         ema_model = eqx.combine(ema_params, eqx.filter(state.ema, eqx.is_inexact_array, inverse=True))
         new = TrainState(model, ema_model, opt_state, state.step + 1, state.bad_step)
         # Finite gradients and updates applied to finite weights keep the weights, their EMA (a

@@ -303,10 +303,13 @@ def test_likelihood_phase_writes_the_likelihood_and_the_density(trained, tmp_pat
     assert list(out) == ["likelihood", "density_seconds"]
     lik = json.loads((tmp_path / "likelihood.json").read_text())
     assert lik == out["likelihood"] and lik["num"] == 8 and np.isfinite(lik["nll"])
-    assert {"true_nll", "entropy", "seconds", "nfe"} <= set(lik)
+    assert {"true_nll", "gap", "gap_stderr", "entropy", "seconds", "nfe"} <= set(lik)
+    assert lik["gap"] == pytest.approx(lik["nll"] - lik["true_nll"], abs=1e-9)
+    assert 0 < lik["gap_stderr"] and "draws" not in lik
     line = capsys.readouterr().out
     assert line.startswith(f"test NLL on 8 points: {lik['nll']:.4f} nats (true entropy 2.8316, "
-                           f"exact density on these points {lik['true_nll']:.4f}), nfe ")
+                           f"exact density on these points {lik['true_nll']:.4f}, paired gap "
+                           f"{lik['gap']:.4f} ± {lik['gap_stderr']:.4f}), nfe ")
     assert rec.scalar_rows == [{"step": 8, "test_nll": lik["nll"], "test_bpd": lik["bpd"]}]
     assert rec.figures == [(8, "density", tmp_path / "figs" / "density.png")]
     none = run.likelihood_phase(exp, state.ema, step=8, mesh=parallel.make_mesh(),

@@ -210,3 +210,34 @@ def test_image_pipeline_end_to_end_with_unet(tmp_path):
         np.testing.assert_array_equal(f["cond"], [0, 1, 2, 3])
     lik = json.loads((tmp_path / "d" / "likelihood.json").read_text())
     assert np.isfinite(lik["bpd"]) and lik["bpd"] > 0
+
+
+def test_ema_warmup_decays():
+    from sgm.train import ema_decay
+
+    assert [float(ema_decay(0.999, n)) for n in (0, 8, 80)] == pytest.approx([0.1, 0.5, 0.9])
+    assert float(ema_decay(0.999, 10**6)) == pytest.approx(0.999)
+    assert float(ema_decay(0.3, 5)) == pytest.approx(0.3)  # never above the configured decay
+    assert float(ema_decay(0.999, 0, warmup=False)) == pytest.approx(0.999)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_first_update_of_the_average_follows_the_warmup(warmup):
+    """After one step the average is d * initial + (1 - d) * new weights, d = ema_decay(ema, 0)."""
+    import optax
+
+    from sgm import data, train
+
+    model = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+    opt = optax.sgd(0.1)
+    state = train.init_state(model, opt)
+    init = jax.tree_util.tree_map(np.asarray, eqx.filter(model, eqx.is_inexact_array))
+    step = train.make_step(lambda m, x, c, k: jnp.mean(jax.vmap(m)(x) ** 2), opt,
+                           data.Preprocess(None, None, None), ema=0.999, ema_warmup=warmup)
+    state, loss = step(state, jnp.ones((4, 2)), None, jax.random.key(1))
+    d = 0.1 if warmup else 0.999
+    new = eqx.filter(state.model, eqx.is_inexact_array)
+    ema = eqx.filter(state.ema, eqx.is_inexact_array)
+    for a, n, e in zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(new),
+                       jax.tree_util.tree_leaves(ema)):
+        np.testing.assert_allclose(e, d * a + (1 - d) * np.asarray(n), rtol=1e-5, atol=1e-7)
