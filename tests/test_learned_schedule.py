@@ -142,6 +142,7 @@ def test_gradients_are_the_bound_for_the_net_and_the_second_moment_for_the_sched
         sgm.dsm_loss(model, sde, x, key=key)
 
 
+@pytest.mark.slow
 def test_the_bound_of_the_exact_score_does_not_depend_on_the_shape():
     """With fixed end points the likelihood-weighted loss of the exact score, integral of
     gamma'(t) E||eps - eps*||^2 dt, is an integral over gamma alone: two random shapes give the

@@ -46,7 +46,8 @@ MIXTURE = sgm.GaussianMixture([0.3, 0.7], [[-1.0, 0.0, 0.5], [1.5, 1.0, -0.5]],
                               [[0.3, 0.2, 0.4], [0.5, 0.3, 0.2]])
 
 
-@pytest.mark.parametrize("name", list(SDES3))
+@pytest.mark.parametrize("name", [n if n == "vp" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in SDES3])
 def test_clock_and_stepping_give_the_closed_form(name):
     """Every time variable and both steppings integrate the same ODE: each lands on the
     mixture's exact log-density within the solver error of rtol = atol = 1e-5."""
@@ -133,7 +134,8 @@ def test_prior_term_is_not_negligible_for_vp():
     assert float(sde.scale(1.0) * 0.5) > 3e-3
 
 
-@pytest.mark.parametrize("probe,product", [("rademacher", "jvp"), ("gaussian", "vjp")])
+@pytest.mark.parametrize("probe,product", [("rademacher", "jvp"),
+                                           pytest.param("gaussian", "vjp", marks=pytest.mark.slow)])
 def test_hutchinson_agrees_with_exact_in_expectation(probe, product):
     """Anisotropic Gaussian mixture: the Jacobian is not a multiple of the identity."""
     sde = sgm.VPSDE()

@@ -286,6 +286,7 @@ def test_bad_config_files_are_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_leftover_temporary_files_are_removed_and_outputs_are_readable(tmp_path):
     wd = tmp_path / "wd"
     (wd / "checkpoints").mkdir(parents=True)
