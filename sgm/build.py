@@ -223,12 +223,19 @@ def build_preprocess(cfg: Config, ds: data.Dataset) -> data.Preprocess:
 
 
 def loss_options(cfg: Config, *, heldout: bool = False) -> dict:
-    """Keywords of `dsm_loss`; the held-out loss uses plain uniform times (comparable across runs)."""
+    """Keywords of `dsm_loss`. The held-out loss is the training loss's estimator (the same
+    weighting, time density and importance weights: the same expectation), without dropout."""
     t = cfg.train
-    if heldout:
-        return dict(weighting=t.weighting, reduce=t.reduce)
     return dict(weighting=t.weighting, time_sampling=t.time_sampling, importance=t.importance,
-                reduce=t.reduce, dropout=cfg.model.dropout > 0)
+                reduce=t.reduce, dropout=cfg.model.dropout > 0 and not heldout)
+
+
+def objective(cfg: Config) -> str:
+    """The training objective in words, for figures: e.g. "likelihood weighting, importance-sampled
+    t" (the held-out loss estimates the same quantity)."""
+    t = cfg.train
+    times = "importance-sampled t" if t.importance else f"{t.time_sampling} t"
+    return f"{'σ²' if t.weighting == 'sigma2' else t.weighting} weighting, {times}"
 
 
 def sample_options(cfg: Config) -> dict:
@@ -296,10 +303,13 @@ class Experiment:
         return evaluate.heldout_loss(model, self.preprocess, self.ds.test[:num], self.cond(cond),
                                      key=jax.random.key(0), **loss_options(self.cfg, heldout=True))
 
-    def heldout_likelihood(self, model, *, num: int | None = None, mesh=None, **overrides) -> dict:
+    def heldout_likelihood(self, model, *, num: int | None = None, mesh=None,
+                           solver_check: float | None = None, **overrides) -> dict:
         """Held-out NLL/bits per dim (`evaluate.heldout_likelihood`); where the data's density is
         known also `true_nll` (the exact NLL of the same points), `gap` (NLL - true_nll) and
-        `gap_stderr` (the standard error of the per-point differences; None for one point)."""
+        `gap_stderr` (the standard error of the per-point differences; None for one point); with
+        `solver_check` (default likelihood.solver_check; 0: none) the solver's error bar on that
+        fraction of the points (`evaluate.solver_error`)."""
         lc = self.cfg.likelihood
         num = min(lc.num if num is None else num, self.ds.test.shape[0])
         x = self.ds.test[:num]
@@ -318,6 +328,12 @@ class Experiment:
             out["gap_stderr"] = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
             if not opts.get("return_draws", False):
                 del out["draws"]
+        m = math.ceil((lc.solver_check if solver_check is None else solver_check) * num)
+        if m > 0:  # a subsample again at a tenth of the tolerances: the solver's error bar
+            check = {k: v for k, v in opts.items() if k not in ("progress", "progress_meter")}
+            out.update(evaluate.solver_error(model, self.preprocess, x[:m],
+                                             self.cond(None if raw is None else raw[:m]),
+                                             key=jax.random.key(lc.seed), mesh=mesh, **check))
         return out
 
     def log_density(self, model, x, *, mesh=None, batch: int = 512, **overrides) -> np.ndarray:

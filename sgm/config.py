@@ -127,6 +127,7 @@ class LikelihoodConfig:
     solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8
     stepping: str = "batch"  # shared steps for each batch, or "point": each point its own
     error_norm: str = "point"  # shared steps: every point within tolerance, or "batch": their RMS
+    solver_check: float = 0.1  # this fraction of the points again at rtol/10, atol/10: the error bar
     clock: str = "auto"  # the ODE's variable: t, logt, logsnr; auto: logsnr if learned, else t
 
 
@@ -353,4 +354,6 @@ def validate(config: Config) -> Config:
     _expect(lik.rtol >= TOLERANCE_FLOOR, "likelihood.rtol", lik.rtol,
             f"a relative tolerance of at least {TOLERANCE_FLOOR:.3g} (float32 resolves nothing finer)")
     _expect(lik.atol > 0, "likelihood.atol", lik.atol, "a positive absolute tolerance")
+    _expect(0 <= lik.solver_check <= 1, "likelihood.solver_check", lik.solver_check,
+            "a fraction of the test points in [0, 1]")
     return config

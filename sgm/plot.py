@@ -411,7 +411,7 @@ def log_axis(name: str, values: Sequence[float]) -> bool:
 
 
 def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.PathLike, *,
-                    title: str | None = None) -> Path:
+                    title: str | None = None, objective: str | None = None) -> Path:
     """Metrics against "step", one panel per quantity, training and held-out series together.
 
     "loss" and "eval_loss" share a panel (the training series as a line, the held-out one as
@@ -425,6 +425,8 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
             often); non-numeric and non-finite values are ignored.
         path: where to write the PNG.
         title: figure title.
+        objective: what the loss panel's series estimate (e.g. "likelihood weighting,
+            importance-sampled t"), in its title.
     """
     panels = curve_panels(metrics)
     ncols = min(3, len(panels))
@@ -444,7 +446,8 @@ def training_curves(metrics: Sequence[Mapping[str, object]], path: str | os.Path
             ax.ticklabel_format(axis="y", useOffset=False, scilimits=(-3, 4))
         if len(series) > 1:
             ax.legend(fontsize=8, frameon=False)
-        ax.set_title(PANEL_TITLES.get(name, name), fontsize=10)
+        head = PANEL_TITLES.get(name, name)
+        ax.set_title(f"{head} ({objective})" if name == "loss" and objective else head, fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, which="both")

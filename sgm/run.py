@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -224,7 +225,7 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
 
     def on_eval(s, step):
         rec = {"step": step, "eval_loss": exp.heldout_loss(s.ema)}
-        lik = exp.heldout_likelihood(s.ema, num=cfg.train.eval_num, mesh=mesh)
+        lik = exp.heldout_likelihood(s.ema, num=cfg.train.eval_num, mesh=mesh, solver_check=0)
         rec.update({"eval_nll": lik["nll"], "eval_bpd": lik["bpd"]})
         log(rec)
         if figures_tracked:  # the samples so far, to TensorBoard / W&B (and figs/eval/)
@@ -245,7 +246,8 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
     if main_process:
         metrics = workdir / "metrics.jsonl"
         rows = track.read_jsonl(metrics) if "jsonl" in cfg.train.log_to else history
-        plot.training_curves(rows, workdir / "figs" / "training.png", title=cfg.name)
+        plot.training_curves(rows, workdir / "figs" / "training.png", title=cfg.name,
+                             objective=build.objective(cfg))
     return state, {"train_seconds": seconds, "steps": int(state.step),
                    "eval_loss": rec["eval_loss"]}
 
@@ -312,7 +314,14 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
     if lik.get("gap_stderr") is not None:
         ent += f", paired gap {lik['gap']:.4f} ± {lik['gap_stderr']:.4f}"
     ent += "" if ds.entropy is None else ")"
-    unit = f"{lik['bpd']:.4f} bits/dim" if ds.levels else f"{lik['nll']:.4f} nats{ent}"
+    # error bars: the test points' standard error, and the solver's (mean |error| of one point,
+    # a bound on its error of the mean) where it was checked; in bits/dim for discrete data
+    scale = 1.0 / (math.prod(ds.shape) * math.log(2.0)) if ds.levels else 1.0
+    bars = f" ± {lik['nll_stderr'] * scale:.4f} (test points)"
+    if "solver_error" in lik:
+        bars += f" ± {lik['solver_error'] * scale:.1e} (solver)"
+    value = lik["bpd"] if ds.levels else lik["nll"]
+    unit = f"{value:.4f}{bars} {'bits/dim' if ds.levels else 'nats'}" + ("" if ds.levels else ent)
     if main_process:
         ckpt.write_atomic(workdir / "likelihood.json", json.dumps(lik, indent=2) + "\n")
         trackers.scalars(step, {"test_nll": lik["nll"], "test_bpd": lik["bpd"]})

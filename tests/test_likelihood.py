@@ -240,3 +240,34 @@ def test_dequantisation_bounds_closed_form():
         assert -math.log2(probs[k]) <= iw[-1] < -math.log2(probs[k]) + 0.02
     with pytest.raises(sgm.ConfigError, match="dequantisation bound"):
         combine_dequantised(np.zeros((2, 3)), "max")
+
+
+@pytest.mark.parametrize("name", [n if n == "vp" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in SDES3])
+def test_reported_solver_error_bounds_the_true_error(name):
+    """`evaluate.solver_error` (a second solve at a tenth of the tolerances) bounds the mean
+    per-point error and the error of the mean, on the closed-form mixture."""
+    import equinox as eqx
+
+    from sgm import data, evaluate
+
+    sde = SDES3[name]
+
+    class Exact(eqx.Module):  # a score model: it carries its SDE
+        sde: sgm.AbstractSDE
+
+        def __call__(self, t, x):
+            return MIXTURE.score(self.sde)(t, x)
+
+    model = Exact(sde)
+    x = MIXTURE.sample(jax.random.key(1), 64)
+    check = evaluate.solver_error(model, data.Preprocess(None, None, None), x, {},
+                                  key=jax.random.key(2), batch=64)
+    logp, info = sgm.log_likelihood(model, sde, x)
+    true = jax.vmap(lambda xi: MIXTURE.log_prob(xi, sde, sde.t0))(x)
+    z = info["z"]
+    err = np.asarray(logp - true - (jax.vmap(sde.prior_logp)(z)
+                                    - jax.vmap(lambda zi: MIXTURE.log_prob(zi, sde, sde.t1))(z)))
+    assert check["solver_check_num"] == 64
+    assert np.abs(err).mean() <= check["solver_error"], (np.abs(err).mean(), check)
+    assert abs(err.mean()) <= check["solver_error"]

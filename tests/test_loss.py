@@ -100,3 +100,34 @@ def test_conditioning_and_dropout_keys_reach_the_model():
 def test_unknown_options_are_rejected(field, value):
     with pytest.raises(sgm.ConfigError, match=value):
         sgm.dsm_loss(lambda t, x: -x, sgm.VPSDE(), jnp.ones((2, 2)), key=jax.random.key(0), **{field: value})
+
+
+def test_heldout_loss_is_the_training_estimator_with_the_closed_form_expectation(tmp_path):
+    """The held-out loss uses the training loss's time density and weights (no dropout), so on
+    the true score of Gaussian data both estimate the closed-form bound."""
+    import equinox as eqx
+
+    from sgm import build, data, evaluate
+
+    cfg = build.load("configs/eight_gaussians.py", [])
+    train_opts, held = build.loss_options(cfg), build.loss_options(cfg, heldout=True)
+    assert held == {**train_opts, "dropout": False} and held["importance"]
+
+    sde = sgm.VPSDE()
+    mu, s0 = 0.3, 0.6
+    gm = sgm.GaussianMixture.gaussian(jnp.full(2, mu), s0)
+
+    class Exact(eqx.Module):
+        sde: sgm.VPSDE
+
+        def __call__(self, t, x):
+            return gm.score(self.sde)(t, x)
+
+    x0 = gm.sample(jax.random.key(0), 50000)
+    value = evaluate.heldout_loss(Exact(sde), data.Preprocess(None, None, None), x0, {},
+                                  key=jax.random.key(1), **held)
+    per = sgm.dsm_loss_per_sample(gm.score(sde), sde, x0, key=jax.random.key(2), **held)
+    truth = expected_loss(sde, s0, held["weighting"], sde.t0)
+    se = float(per.std()) / math.sqrt(per.size)
+    assert abs(value - truth) < 4 * se + 1e-4 * abs(truth), (value, truth, se)
+    assert abs(float(per.mean()) - truth) < 4 * se + 1e-4 * abs(truth)

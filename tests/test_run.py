@@ -307,7 +307,10 @@ def test_likelihood_phase_writes_the_likelihood_and_the_density(trained, tmp_pat
     assert lik["gap"] == pytest.approx(lik["nll"] - lik["true_nll"], abs=1e-9)
     assert 0 < lik["gap_stderr"] and "draws" not in lik
     line = capsys.readouterr().out
-    assert line.startswith(f"test NLL on 8 points: {lik['nll']:.4f} nats (true entropy 2.8316, "
+    assert lik["solver_check_num"] == 1 and lik["solver_error"] >= 0
+    assert line.startswith(f"test NLL on 8 points: {lik['nll']:.4f} ± {lik['nll_stderr']:.4f} "
+                           f"(test points) ± {lik['solver_error']:.1e} (solver) nats "
+                           f"(true entropy 2.8316, "
                            f"exact density on these points {lik['true_nll']:.4f}, paired gap "
                            f"{lik['gap']:.4f} ± {lik['gap_stderr']:.4f}), nfe ")
     assert rec.scalar_rows == [{"step": 8, "test_nll": lik["nll"], "test_bpd": lik["bpd"]}]
