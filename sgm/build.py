@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -358,20 +359,45 @@ class Experiment:
             return np.arange(num) % self.ds.num_classes
         return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
 
-    def samples(self, model, *, num: int | None = None, mesh=None, **overrides):
-        """`(samples in data units, info, raw conditions)` with the config's sampler."""
+    def samples(self, model, *, num: int | None = None, mesh=None,
+                between: Callable[[], None] | None = None, **overrides):
+        """`(samples in data units, info, raw conditions)` with the config's sampler.
+
+        More than `SAMPLE_CHUNK` samples are drawn in chunks of that many (the k-th from the
+        sample key folded with k), so memory is bounded by a chunk; `between()` is called between
+        chunks (e.g. to stop on a signal)."""
         s = self.cfg.sample
         num = s.num if num is None else num
-        total = num if mesh is None else num + -num % mesh.devices.size
+        ndev = 1 if mesh is None else mesh.devices.size
+        total = num + -num % ndev
         raw = self.sample_conditions(total)
         score = model
         if self.conditioning.guidable:
             score = GuidedScore(model, None, self.ds.num_classes, s.guidance)
         opts = {**sample_options(self.cfg), **overrides}
-        x, info = evaluate.draw_samples(score, model.sde, self.preprocess, self.ds.shape, num=total,
-                                        key=jax.random.key(s.seed), cond=self.cond(raw), mesh=mesh,
-                                        **opts)
+        key = jax.random.key(s.seed)
+        chunk = max(ndev, SAMPLE_CHUNK - SAMPLE_CHUNK % ndev)
+        if total <= chunk:
+            x, info = evaluate.draw_samples(score, model.sde, self.preprocess, self.ds.shape,
+                                            num=total, key=key, cond=self.cond(raw), mesh=mesh,
+                                            **opts)
+        else:
+            parts = []
+            for k, i in enumerate(range(0, total, chunk)):
+                if k and between is not None:
+                    between()
+                part_raw = None if raw is None else raw[i:i + chunk]
+                xk, info = evaluate.draw_samples(
+                    score, model.sde, self.preprocess, self.ds.shape,
+                    num=min(chunk, total - i), key=jax.random.fold_in(key, k),
+                    cond=self.cond(part_raw), mesh=mesh, **opts)
+                parts.append(np.asarray(xk))
+            x = np.concatenate(parts)
         return x[:num], info, None if raw is None else np.asarray(raw)[:num]
+
+
+#: samples drawn at once by `Experiment.samples`; more are drawn in chunks of this many
+SAMPLE_CHUNK = 16384
 
 
 def _loss(model, x, cond, key, *, options):

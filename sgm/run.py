@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,8 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"train.steps={cfg.train.steps}: set train.steps to at least "
                               f"{int(exp.state.step)} to go on, use --mode sample or likelihood "
                               f"to use it as it is, or choose another work directory.")
+        if mode in ("sample", "all"):
+            check_sample_memory(exp)
         summary = read_summary(exp, workdir)
         # input is valid: from here on files are written, by process 0 only, under the lock
         exp = prepare_workdir(exp, workdir, stack=stack, need_checkpoint=need,
@@ -134,6 +137,28 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
         write_summary(workdir, summary, main_process=main_process)
         parallel.barrier("sgm_main_done")  # processes leave together
         return 0
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_sample_memory(exp: build.Experiment, memory: int | None = None) -> None:
+    """Refuses (ConfigError) a sample.num whose samples alone, as float32, would take more than a
+    quarter of the machine's memory (`memory` bytes; default `memory_bytes()`): they are held
+    whole to be written (drawing goes in chunks, `Experiment.samples`)."""
+    memory = memory_bytes() if memory is None else memory
+    need = exp.cfg.sample.num * math.prod(exp.ds.shape) * 4
+    if memory is not None and need > memory / 4:
+        raise ConfigError(
+            f"sample.num={exp.cfg.sample.num} samples of shape {tuple(exp.ds.shape)} need "
+            f"{need / 2**30:.1f} GiB as float32, more than a quarter of this machine's "
+            f"{memory / 2**30:.1f} GiB: draw fewer, in several commands with other sample.seed "
+            f"values if more are needed.")
 
 
 def stop_if_signalled(flag: dict | None, when: str) -> None:
@@ -266,7 +291,8 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
     trackers = track.Trackers() if trackers is None else trackers
     t0 = time.perf_counter()
     with _bar(progress, f"sample ({cfg.sample.method})", "step") as b:
-        x, info, cond = exp.samples(model, mesh=mesh, progress=b)
+        x, info, cond = exp.samples(model, mesh=mesh, progress=b,
+                                    between=lambda: stop_if_signalled(flag, "while sampling"))
     stop_if_signalled(flag, "while sampling")
     out = {"sample_seconds": time.perf_counter() - t0, "sample_nfe": int(info["nfe"])}
     if main_process:

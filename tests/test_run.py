@@ -429,3 +429,25 @@ def test_reverse_figure_shows_eight_frames_and_each_condition(tmp_path, monkeypa
         assert drawn["conditions"] is cond
     assert run.reverse_figure(exp, model, mesh=None, path=tmp_path / "s.png",
                               main_process=False) is None
+
+
+def test_many_samples_are_drawn_in_chunks_with_a_stop_between(trained, monkeypatch):
+    exp, state, *_ = trained
+    monkeypatch.setattr(build, "SAMPLE_CHUNK", 8)
+    calls = []
+    x, info, cond = exp.samples(state.ema, num=20, between=lambda: calls.append(1))
+    assert x.shape == (20, 2) and np.isfinite(x).all() and cond is None and len(calls) == 2
+    assert not np.allclose(x[:4], x[8:12])  # each chunk its own key
+    with pytest.raises(train.Interrupted, match="while sampling"):
+        exp.samples(state.ema, num=20, between=lambda: run.stop_if_signalled(
+            {"stop": signal.SIGTERM}, "while sampling"))
+
+
+def test_samples_beyond_memory_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "memory_bytes", lambda: 2**30)
+    run.check_sample_memory(tiny("sample.num=30000000"), memory=2**32)  # 229 MiB of 4 GiB: fine
+    with pytest.raises(ConfigError, match=r"sample.num=40000000 samples of shape \(2,\) need 0.3 "
+                                          r"GiB as float32, more than a quarter of this machine's "
+                                          r"1.0 GiB: draw fewer"):
+        run.command(EIGHT, sets=[*TINY, "sample.num=40000000"], workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
