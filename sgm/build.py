@@ -456,7 +456,38 @@ def resume(exp: Experiment, ckpt_dir, *, need_checkpoint: bool = False) -> Exper
         raise CorruptCheckpointError(f"{e} Delete it to resume from the previous checkpoint, "
                                      f"{found[-2].name}.") from None
     _same_model(exp.cfg, manifest, last)
+    _same_standardisation(exp.preprocess, manifest, last)
     return dataclasses.replace(exp, state=state, checkpoint=last)
+
+
+def standardisation(preprocess) -> dict | None:
+    """The statistics continuous data are standardised with (`{"mean": [...], "std": [...]}`),
+    stored in every checkpoint so that a resumed run is refused if its data changed; None for
+    discrete or unstandardised data."""
+    if preprocess.mean is None:
+        return None
+    return {"mean": np.ravel(np.asarray(preprocess.mean, np.float64)).tolist(),
+            "std": np.ravel(np.asarray(preprocess.std, np.float64)).tolist()}
+
+
+def _same_standardisation(preprocess, manifest: dict, path) -> None:
+    stored, now = manifest.get("metadata", {}).get("standardisation"), standardisation(preprocess)
+    if stored is None or now is None:
+        return
+    try:
+        same = all(np.allclose(np.asarray(stored[k], np.float64), now[k], rtol=1e-5, atol=1e-7)
+                   for k in ("mean", "std"))
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        def show(v):
+            return "[" + ", ".join(f"{float(a):.4g}" for a in v[:3]) + (", ...]" if len(v) > 3 else "]")
+
+        raise CheckpointError(
+            f"the training data changed since checkpoint {path} was written: they standardise with "
+            f"mean {show(now['mean'])}, std {show(now['std'])}, the checkpoint's model with mean "
+            f"{show(stored.get('mean', []))}, std {show(stored.get('std', []))}: restore the data, "
+            f"or use another --workdir.")
 
 
 def _same_model(cfg: Config, manifest: dict, path) -> None:

@@ -264,7 +264,8 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
     t0 = time.perf_counter()
     state = exp.train(exp.state, mesh=mesh, ckpt_dir=workdir / "checkpoints", on_log=log,
                       on_eval=on_eval, progress=progress,
-                      metadata={"config": build.to_dict(cfg)})
+                      metadata={"config": build.to_dict(cfg),
+                                "standardisation": build.standardisation(exp.preprocess)})
     seconds = earlier_seconds + time.perf_counter() - t0
     rec = {"step": int(state.step), "eval_loss": exp.heldout_loss(state.ema)}
     log(rec)

@@ -451,3 +451,22 @@ def test_samples_beyond_memory_are_refused_before_anything_is_written(tmp_path, 
                                           r"1.0 GiB: draw fewer"):
         run.command(EIGHT, sets=[*TINY, "sample.num=40000000"], workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_resuming_on_changed_data_is_refused_before_anything_is_written(tmp_path):
+    """The standardisation a model was trained with is kept in its checkpoints: a data file whose
+    contents were replaced gives another one and is refused."""
+    path, wd = tmp_path / "mine.npz", tmp_path / "wd"
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    np.savez(path, x=x)
+    sets = [*TINY, "train.steps=4", "train.eval_every=0", "data.name=array", f"data.root={path}"]
+    assert run.command(EIGHT, sets=sets, mode="train", workdir=wd, progress=False) == 0
+    before = _files(wd)
+    np.savez(path, x=3 * x + 1)
+    with pytest.raises(CheckpointError, match=r"the training data changed since checkpoint .*"
+                                              r"ckpt_000000004.npz was written: .* restore"):
+        run.command(EIGHT, sets=sets, mode="sample", workdir=wd, progress=False)
+    assert _files(wd) == before
+    np.savez(path, x=x)  # the same data again: resumed
+    assert run.command(EIGHT, sets=[*sets, "train.steps=6"], mode="train", workdir=wd,
+                       progress=False) == 0
