@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
-from .ode_solvers import ADAPTIVE, ode_solver, step_limit
+from .ode_solvers import ADAPTIVE, largest_point_rms, ode_solver, step_limit
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -61,15 +61,6 @@ SOLVERS = ("auto", *ADAPTIVE)
 CLOCKS = ("auto", "t", "logt", "logsnr")
 STEPPING = ("point", "batch")
 ERROR_NORMS = ("point", "batch")
-
-
-def _largest_point_rms(err) -> jax.Array:
-    """The step-size controller's norm of a shared-step batch solve: each point's RMS over its
-    coordinates and its log-density accumulator, the largest over the batch. A step is accepted
-    only when every point meets the tolerances, as its own solve would demand."""
-    y, delta = err
-    per_point = jnp.sum(jnp.square(y), axis=1) + jnp.square(delta)
-    return jnp.sqrt(jnp.max(per_point) / (y.shape[1] + 1))
 
 
 def _clock(sde: AbstractSDE, clock: str, t0):
@@ -159,7 +150,7 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
         eps = jax.vmap(probes_of)(keys, flat)
         batched = jax.vmap(field, in_axes=(None, 0, 0, 0))
         term = diffrax.ODETerm(lambda u, state, args: batched(u, state[0], eps, cond))
-        norm = {"norm": _largest_point_rms} if error_norm == "point" else {}  # else diffrax's RMS
+        norm = {"norm": largest_point_rms} if error_norm == "point" else {}  # else diffrax's RMS
         sol = integrate(term, (flat, jnp.zeros(flat.shape[0], flat.dtype)), **norm)
         z, delta = sol.ys[0][-1], sol.ys[1][-1]
         n_steps = jnp.broadcast_to(sol.stats["num_steps"], (flat.shape[0],))

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 
 from .errors import ConfigError, NumericalError
 
@@ -33,6 +35,19 @@ ODE_SOLVERS: dict[str, OdeSolver] = {
 }
 #: the adaptive entries (those the likelihood can use)
 ADAPTIVE = tuple(name for name, s in ODE_SOLVERS.items() if s.adaptive)
+
+
+def largest_point_rms(err) -> jax.Array:
+    """The step-size controller's norm of a shared-step batch solve: each point's RMS over all its
+    components (every leaf of `err` has the batch as its leading axis), the largest over the batch.
+    A step is accepted only when every point meets the tolerances, as its own solve would demand;
+    diffrax's default, the RMS over the whole batch, controls only the mean (one point far from
+    the rest may carry up to sqrt(B) times its own tolerance)."""
+    leaves = jax.tree_util.tree_leaves(err)
+    batch = leaves[0].shape[0]
+    per_point = sum(jnp.sum(jnp.square(leaf).reshape(batch, -1), axis=1) for leaf in leaves)
+    size = sum(leaf.size // batch for leaf in leaves)
+    return jnp.sqrt(jnp.max(per_point) / size)
 
 
 def ode_solver(name: str) -> OdeSolver:

@@ -39,7 +39,8 @@ Methods:
 - "em":   reverse-time SDE dx = [f - g^2 score] dt + g dw_bar, Euler-Maruyama through diffrax
           (Song et al. 2021, eq. 6), then a Tweedie denoising step E[x_0 | x_t].
 - "ode":  probability-flow ODE dx/dt = f - g^2 score / 2 through diffrax: adaptive Tsit5 with a
-          PID controller by default, or a fixed-step Euler/Heun/midpoint solver with `steps`.
+          PID controller by default (the batch shares its steps, each sample's error controlled),
+          or a fixed-step Euler/Heun/midpoint solver with `steps`.
 - "pc":   predictor-corrector: Langevin corrector steps at a signal-to-noise ratio `snr`, then an
           Euler-Maruyama predictor step (Song et al. 2021, Algorithms 2-3); by default one
           corrector step on VE and none on VP/SubVP.
@@ -70,13 +71,14 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .ode_solvers import ode_solver, step_limit
+from .ode_solvers import largest_point_rms, ode_solver, step_limit
 from .parallel import constrain
 from .score import tweedie_x0
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
 from .sde import AbstractBetaSDE, AbstractSDE
 
 ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
+ODE_STEPPING = ("batch", "point")  # the adaptive ode's step sharing (see `_ode`)
 COMMON = ("steps", "t_end", "denoise", "clip", "progress", "return_path")
 
 
@@ -84,7 +86,8 @@ class BatchedScore(eqx.Module):
     """`score(t, x)` of ONE sample applied to a batch x (N, ...) at one time t.
 
     `cond` is a dict of per-sample arrays (leading axis N) passed as `score(t, x_i, **cond_i)`, or
-    None. The adaptive ODE solves each sample on its own and reads `score`/`cond` directly.
+    None. The adaptive ODE with stepping="point" solves each sample on its own and reads
+    `score`/`cond` directly.
     """
 
     score: Callable
@@ -144,30 +147,45 @@ def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
 
 
 def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
-         solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384):
-    """The probability-flow ODE from t1 to t_end: adaptive (PID) or `steps` fixed steps."""
+         solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384, stepping="batch"):
+    """The probability-flow ODE from t1 to t_end: adaptive (PID) or `steps` fixed steps.
+
+    Adaptive `stepping`: "batch" (the default) solves the whole batch as one ODE with shared steps,
+    a step accepted only when every sample's own RMS error meets rtol/atol
+    (`sgm.ode_solvers.largest_point_rms`); "point" gives every sample its own solve (vmapped, so
+    the batch still runs to its slowest sample, at that sample's steps for every sample).
+    """
     make, adaptive, per_step = ode_solver(solver)
+    if stepping not in ODE_STEPPING:
+        raise ConfigError(f"unknown ode stepping {stepping!r}; expected one of "
+                          f"{', '.join(ODE_STEPPING)}")
     t1 = sde.t1
     info = {}
 
     if adaptive:
         saveat = diffrax.SaveAt(ts=jnp.linspace(t1, t_end, 65)) if return_path else diffrax.SaveAt(t1=True)
-
-        def solve_one(x, c):
-            score = partial(bscore.score, **c)
-            term = diffrax.ODETerm(lambda t, y, args: sde.ode_drift(score, t, y))
+        controller = partial(diffrax.PIDController, rtol=rtol, atol=atol)
+        if stepping == "batch":
+            term = diffrax.ODETerm(lambda t, x, args: sde.ode_drift(bscore, t, x))
             sol = diffrax.diffeqsolve(
-                term, make(), t1, t_end, None, x, saveat=saveat,
-                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                max_steps=max_steps,
+                term, make(), t1, t_end, None, x1, saveat=saveat, max_steps=max_steps,
+                stepsize_controller=controller(norm=largest_point_rms),
             )
-            return sol.ys, sol.stats["num_steps"]
+            ys, n_steps = sol.ys, sol.stats["num_steps"]
+        else:
+            def solve_one(x, c):
+                score = partial(bscore.score, **c)
+                term = diffrax.ODETerm(lambda t, y, args: sde.ode_drift(score, t, y))
+                sol = diffrax.diffeqsolve(term, make(), t1, t_end, None, x, saveat=saveat,
+                                          stepsize_controller=controller(), max_steps=max_steps)
+                return sol.ys, sol.stats["num_steps"]
 
-        ys, n_steps = jax.vmap(solve_one)(x1, bscore.cond or {})
-        ys = jnp.moveaxis(ys, 0, 1)
+            ys, n_steps = jax.vmap(solve_one)(x1, bscore.cond or {})
+            ys = jnp.moveaxis(ys, 0, 1)
         path_t = jnp.linspace(t1, t_end, 65)
         # Tsit5/Dopri5: one evaluation to start (first-same-as-last) and 6 new ones per attempted
-        # step, accepted or rejected; tests count the calls. The batch runs to its slowest sample.
+        # step, accepted or rejected; tests count the calls. A vmapped batch runs to its slowest
+        # sample.
         info["nfe"] = jnp.max(n_steps) * per_step + 1 + int(denoise)
     else:
         steps = ODE_FIXED_STEPS if steps is None else steps
@@ -448,7 +466,8 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         sharding: optional `jax.sharding.Sharding` of the batch axis (e.g.
             `sgm.parallel.batch_sharding(mesh)`): samples are then drawn on all devices at once.
         options: the method's own options (`SAMPLERS[method].defaults`) — ode: solver ("tsit5",
-            "dopri5", "euler", "heun", "midpoint"), rtol, atol, max_steps; pc: snr,
+            "dopri5", "euler", "heun", "midpoint"), rtol, atol, max_steps, stepping ("batch",
+            "point"); pc: snr,
             corrector_steps (None: 1 on VE, 0 on VP/SubVP); ddim: eta; ddpm: variance
             ("posterior" or "forward"); heun: grid ("karras", "logsnr", "time"), rho, s_churn,
             s_tmin, s_tmax, s_noise; dpm2m, dpm3m: grid, rho; unipc: grid, rho, order (1-3),

@@ -9,6 +9,7 @@ import pytest
 from conftest import SDES3
 
 import sgm
+from sgm.ode_solvers import largest_point_rms
 
 
 def flow_latent(sde, mu, s0, x, t0):
@@ -96,7 +97,7 @@ def test_the_error_norm_of_shared_steps_is_the_worst_points_rms():
     batch; the batch's RMS (error_norm="batch") lets a far point drift, at fewer steps."""
     y = jnp.array([[3.0, 4.0], [0.0, 1.0], [0.0, 0.0]])
     delta = jnp.array([0.0, 1.0, 6.0])
-    norm = sgm.likelihood._largest_point_rms((y, delta))
+    norm = largest_point_rms((y, delta))
     assert float(norm) == pytest.approx(math.sqrt(36 / 3))
     sde = sgm.VPSDE()
     x = jnp.concatenate([MIXTURE.sample(jax.random.key(5), 63), jnp.array([[6.0, -5.0, 4.0]])])
