@@ -5,13 +5,14 @@
     python bench/samplers.py --quick     # NFE 5 and 20 only, 4000 samples
     python bench/samplers.py --sde ve    # VE or SubVP instead of VP
 
-Two problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
+Three problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
 
 - "8gauss":  eight Gaussians on a circle in 2-D (`sgm.data.toy.eight_gaussians_mixture`);
-- "gauss64": a 64-D Gaussian, means evenly spaced in [-1, 1], stds log-spaced in [0.1, 2].
+- "gauss64": a 64-D Gaussian, means evenly spaced in [-1, 1], stds log-spaced in [0.1, 2];
+- "mix8":    three Gaussians in 8-D with unequal stds (0.1, 0.4, 1; weights 0.5, 0.3, 0.2).
 
 Every sampler runs from the same key (deterministic samplers share one prior draw). The few-step
-methods (ddim, heun, dpm2m, dpm3m, unipc) run at the step counts that give NFE ~ 5, 10, 20, 50
+methods (ddim, heun, dpm2m, dpm3m, unipc, ipndm) run at the step counts that give NFE ~ 5, 10, 20, 50
 (heun: 2 N - 1); em and pc run their default 1000 steps (em is the reference of the target
 below), and "pc-old" is pc with the former default, one Langevin corrector step at snr 0.16 on
 every SDE.
@@ -50,7 +51,7 @@ from sgm.data.toy import eight_gaussians_mixture
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers.json"
 SDES = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "subvp": sgm.SubVPSDE}
-FEW = ("ddim", "heun", "dpm2m", "dpm3m", "unipc")  # the few-step methods
+FEW = ("ddim", "heun", "dpm2m", "dpm3m", "unipc", "ipndm")  # the few-step methods
 TARGETS = (5, 10, 20, 50)
 FULL_TARGETS = (5, 10, 20, 50, 200, 1000)
 QUICK_TARGETS = (5, 20)
@@ -67,6 +68,9 @@ def problems():
         "8gauss": sgm.GaussianMixture(w, means, np.full(len(w), std)),
         "gauss64": sgm.GaussianMixture.gaussian(np.linspace(-1.0, 1.0, dim),
                                                 np.geomspace(0.1, 2.0, dim)),
+        "mix8": sgm.GaussianMixture(np.array([0.5, 0.3, 0.2]),
+                                    np.random.default_rng(0).normal(size=(3, 8)) * 1.5,
+                                    np.array([0.1, 0.4, 1.0])),
     }
 
 

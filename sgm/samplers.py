@@ -26,6 +26,8 @@ names and defaults are read off `fn`'s signature). The entry declares the rest:
     dpm3m   20             steps                     always      2 (third-order steps after a
                                                                  first-order first step)
     unipc   20             steps (corrector free)    always      3
+    ipndm   10             steps                     always      2 (fourth-order Adams-Bashforth
+                                                                 weights on a graded grid)
 
 "always": the method's last step lands on Tweedie's x_0 = E[x_0 | x_t_end] by construction, so
 `denoise=True` is a no-op for it and `denoise=False` a ConfigError. `order` is the convergence order
@@ -46,9 +48,10 @@ Methods:
           corrector step on VE and none on VP/SubVP.
 - "ddpm": ancestral sampling on the discrete chain of the SDE's own marginals (Ho et al. 2020).
 - "ddim": deterministic (eta = 0) or stochastic DDIM (Song, Meng & Ermon 2021).
-- "heun", "dpm2m", "dpm3m", "unipc": few-step probability-flow ODE solvers in sigma = std/scale
-          (EDM's Heun with optional churn; DPM-Solver++(2M) and (3M); UniPC, a third-order
-          multistep predictor with a corrector that re-uses the next evaluation), ending on x_0
+- "heun", "dpm2m", "dpm3m", "unipc", "ipndm": few-step probability-flow ODE solvers in
+          sigma = std/scale (EDM's Heun with optional churn; DPM-Solver++(2M) and (3M); UniPC, a
+          third-order multistep predictor with a corrector that re-uses the next evaluation;
+          iPNDM, Adams-Bashforth steps of up to fourth order), ending on x_0
           (see `sgm.sigma_solvers`).
 
 "ddpm" and "ddim" use the Gaussian kernel x_t = a(t) x_0 + s(t) eps of the SDE on a time grid
@@ -74,7 +77,7 @@ from .errors import ConfigError
 from .ode_solvers import largest_point_rms, ode_solver, step_limit
 from .parallel import constrain
 from .score import tweedie_x0
-from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, unipc
+from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, ipndm, unipc
 from .sde import AbstractBetaSDE, AbstractSDE
 
 ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
@@ -412,6 +415,8 @@ SAMPLERS: dict[str, Sampler] = {
                      denoises=True, ends_on_x0=True, order=2),
     "unipc": Sampler(unipc, default_steps=20, count=lambda steps, denoise, **_: steps,
                      denoises=True, ends_on_x0=True, order=3),
+    "ipndm": Sampler(ipndm, default_steps=10, count=lambda steps, denoise, **_: steps,
+                     denoises=True, ends_on_x0=True, order=2),
 }
 METHODS = tuple(SAMPLERS)
 
@@ -449,14 +454,14 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         key: PRNG key (prior draw and the sampler's noise).
         num: number of samples.
         method: a key of `SAMPLERS`: "em", "ode", "pc", "ddpm", "ddim", "heun", "dpm2m", "dpm3m"
-            or "unipc".
+            "unipc" or "ipndm".
         steps: number of steps (default `SAMPLERS[method].default_steps`: em/pc/ddpm 1000, ddim 50,
-            heun 18, dpm2m/dpm3m/unipc 20; "ode" is adaptive unless a fixed-step `solver` is
-            chosen, 100 steps then).
+            heun 18, dpm2m/dpm3m/unipc 20, ipndm 10; "ode" is adaptive unless a fixed-step
+            `solver` is chosen, 100 steps then).
         t_end: final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE).
         denoise: end with a Tweedie step E[x_0 | x_t_end] (default `SAMPLERS[method].denoises`: on
-            for em/pc, off for ode). ddpm, ddim, heun, dpm2m, dpm3m and unipc always end on x_0:
-            True is a no-op for them and False a ConfigError.
+            for em/pc, off for ode). ddpm, ddim, heun, dpm2m, dpm3m, unipc and ipndm always end on
+            x_0: True is a no-op for them and False a ConfigError.
         clip: (lo, hi) data range to clip predicted x_0 (ddpm, ddim and the few-step solvers) and
             the final samples.
         progress: hook `progress(steps_done, total)` called from fixed-step methods.
@@ -467,11 +472,10 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
             `sgm.parallel.batch_sharding(mesh)`): samples are then drawn on all devices at once.
         options: the method's own options (`SAMPLERS[method].defaults`) — ode: solver ("tsit5",
             "dopri5", "euler", "heun", "midpoint"), rtol, atol, max_steps, stepping ("batch",
-            "point"); pc: snr,
-            corrector_steps (None: 1 on VE, 0 on VP/SubVP); ddim: eta; ddpm: variance
-            ("posterior" or "forward"); heun: grid ("karras", "logsnr", "time"), rho, s_churn,
-            s_tmin, s_tmax, s_noise; dpm2m, dpm3m: grid, rho; unipc: grid, rho, order (1-3),
-            variant ("bh1", "bh2").
+            "point"); pc: snr, corrector_steps (None: 1 on VE, 0 on VP/SubVP); ddim: eta; ddpm:
+            variance ("posterior" or "forward"); heun: grid ("karras", "logsnr", "time"), rho,
+            s_churn, s_tmin, s_tmax, s_noise; dpm2m, dpm3m: grid, rho; unipc: grid, rho, order
+            (1-3), variant ("bh1", "bh2"); ipndm: grid, rho, order (1-4).
 
     Returns:
         `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.

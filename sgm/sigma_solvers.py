@@ -219,6 +219,63 @@ def unipc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
                      variant=variant, lower_final=True)
 
 
+#: Adams-Bashforth weights of orders 1-4 on equal steps, newest derivative first (iPNDM)
+AB_WEIGHTS = np.array([[1.0, 0.0, 0.0, 0.0],
+                       [3.0, -1.0, 0.0, 0.0],
+                       [23.0, -16.0, 5.0, 0.0],
+                       [55.0, -59.0, 37.0, -9.0]]) / np.array([1.0, 2.0, 12.0, 24.0])[:, None]
+
+
+def ipndm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+          grid="logsnr", rho=7.0, order=4):
+    """iPNDM: Adams-Bashforth steps on dy/dsigma = (y - D) / sigma with the past derivatives.
+
+    On the N levels of `sigma_grid` and then to sigma = 0, step i moves y by
+    (sigma_{i+1} - sigma_i) sum_j w_j d_{i-j}, d = (y - D(y; sigma)) / sigma, with the
+    Adams-Bashforth weights of order k = min(order, i + 1) for equal steps (`AB_WEIGHTS`): lower
+    orders while the history fills, then order `order`, one evaluation per step, NFE = N. The last
+    step lands on sigma = 0, the data (so `denoise` does not apply; with order 1 it is Tweedie's
+    x_0 D(y; sigma_{N-1})). The fixed weights are exact for equal steps; on a smoothly graded grid
+    (the default "logsnr", geometric in sigma) the node offsets differ from the equal ones by
+    O(h^2), so the method converges with order 2 as the grid refines; it is made for the few-step
+    counts before that. `clip` clips every D and the result. See `docs/results/samplers.md` for
+    the grids measured at 5-20 NFE.
+    Deterministic: `key` is ignored.
+
+    Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator" (ICLR 2023),
+    the improved PNDM; Liu, Ren, Lin & Zhao, "Pseudo Numerical Methods for Diffusion Models on
+    Manifolds" (ICLR 2022).
+    """
+    if order not in (1, 2, 3, 4):
+        raise ConfigError(f"ipndm's order must be 1, 2, 3 or 4, got {order!r}")
+    sig = sigma_grid(sde, t_end, steps, grid, rho)
+    sig_next = jnp.concatenate([sig[1:], jnp.zeros(1)])
+    orders = np.minimum(order, np.arange(steps) + 1)
+    orders[-1] = 1  # the step to sigma = 0 is Euler's: it lands on D(y; sigma_{N-1})
+    weights = jnp.asarray(AB_WEIGHTS[orders - 1], x1.dtype)
+    denoiser = _denoiser(bscore, sde, clip)
+
+    def body(carry, inp):
+        y, d1, d2, d3 = carry  # y_i and the last three derivatives
+        j, s, s_next, w = inp
+        d = (y - denoiser(s, y)) / s
+        y = y + (s_next - s) * (w[0] * d + w[1] * d1 + w[2] * d2 + w[3] * d3)
+        progress(j + 1, steps)
+        out = y * sde.scale(sde.noise_level_time(jnp.maximum(s_next, sig[-1]))) \
+            if return_path else None
+        return (y, d, d1, d2), out
+
+    y1 = x1 / sde.scale(sde.t1)
+    zero = jnp.zeros_like(y1)
+    (x, _, _, _), path = jax.lax.scan(body, (y1, zero, zero, zero),
+                                      (jnp.arange(steps), sig, sig_next, weights))
+    x = x if clip is None else jnp.clip(x, *clip)
+    info = {}
+    if return_path:
+        info["path"], info["path_t"] = _path(x1, path[:-1], x, sde, sig, t_end)
+    return x, info
+
+
 # ------------------------------------------------------------ multistep exponential integrators
 
 #: grids of at most this many levels lower the order of their last steps, as Lu et al. and Zhao et

@@ -82,6 +82,7 @@ ORDER_CASES = {
     "dpm2m": ({}, (16, 32, 64), "path"),
     "dpm3m": ({}, (16, 32, 64), "path"),
     "unipc": ({}, (64, 128, 256), "path"),
+    "ipndm": ({}, (32, 64, 128), "path"),
 }
 X64_CASES = {"unipc"}  # errors below float32's resolution: the fit runs in float64
 # The ODE's other fixed-step solvers, held to diffrax's own order().
