@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
-from .ode_solvers import ADAPTIVE, largest_point_rms, ode_solver, step_limit
+from .ode_solvers import ADAPTIVE, STEPPING, largest_point_rms, ode_solver, step_limit
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -59,7 +59,6 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
 
 SOLVERS = ("auto", *ADAPTIVE)
 CLOCKS = ("auto", "t", "logt", "logsnr")
-STEPPING = ("point", "batch")
 ERROR_NORMS = ("point", "batch")
 
 

@@ -35,6 +35,9 @@ ODE_SOLVERS: dict[str, OdeSolver] = {
 }
 #: the adaptive entries (those the likelihood can use)
 ADAPTIVE = tuple(name for name, s in ODE_SOLVERS.items() if s.adaptive)
+#: how a batch of adaptive solves steps: "batch", one solve with shared steps; "point", a vmapped
+#: solve per sample
+STEPPING = ("batch", "point")
 
 
 def largest_point_rms(err) -> jax.Array:

@@ -74,14 +74,13 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .ode_solvers import largest_point_rms, ode_solver, step_limit
+from .ode_solvers import STEPPING, largest_point_rms, ode_solver, step_limit
 from .parallel import constrain
 from .score import tweedie_x0
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, ipndm, unipc
 from .sde import AbstractBetaSDE, AbstractSDE
 
 ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
-ODE_STEPPING = ("batch", "point")  # the adaptive ode's step sharing (see `_ode`)
 COMMON = ("steps", "t_end", "denoise", "clip", "progress", "return_path")
 
 
@@ -159,9 +158,9 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
     the batch still runs to its slowest sample, at that sample's steps for every sample).
     """
     make, adaptive, per_step = ode_solver(solver)
-    if stepping not in ODE_STEPPING:
+    if stepping not in STEPPING:
         raise ConfigError(f"unknown ode stepping {stepping!r}; expected one of "
-                          f"{', '.join(ODE_STEPPING)}")
+                          f"{', '.join(STEPPING)}")
     t1 = sde.t1
     info = {}
 
