@@ -6,6 +6,8 @@ batch, reads XLA's FLOP count of that compiled step (`cost_analysis`), and compa
 FLOP/s with the rate this machine reaches on a large float32 matmul.
 
     python bench/nets.py [--batch 32] [--seconds 2]
+    python bench/nets.py --unet-sizes --batch 64    # UNet sizes for 28x28 on a CPU (the choice
+                                                    # behind configs/fashion_mnist_cpu.py)
 
 Prints a table and writes bench/results/nets.json.
 """
@@ -29,12 +31,23 @@ from sgm.nets import MLP, DiT, UNet, param_count
 SHAPES = {"8x8x1": (1, 8, 8), "28x28x1": (1, 28, 28), "32x32x3": (3, 32, 32)}
 
 
-def build(name: str, shape: tuple[int, int, int], key) -> eqx.Module:
+#: the class-conditional UNets of `--unet-sizes` (28x28x1, ten classes, attention only in the middle)
+UNET_SIZES = (
+    dict(base=32, channel_mults=(1, 2, 2), num_res_blocks=1),
+    dict(base=24, channel_mults=(1, 2, 2), num_res_blocks=1),
+    dict(base=16, channel_mults=(1, 2, 2), num_res_blocks=1),
+    dict(base=16, channel_mults=(1, 2, 2), num_res_blocks=2),
+    dict(base=16, channel_mults=(1, 2, 4), num_res_blocks=1),
+)
+
+
+def build(name: str, shape: tuple[int, int, int], key, **unet) -> eqx.Module:
     c, h, _ = shape
     if name == "MLP":
         return MLP(int(np.prod(shape)), width=256, depth=3, key=key)
     if name == "UNet":
-        return UNet(c, h, base=32, channel_mults=(1, 2, 2), num_res_blocks=1, key=key)
+        kw = unet or dict(base=32, channel_mults=(1, 2, 2), num_res_blocks=1)
+        return UNet(c, h, key=key, **kw)
     return DiT(c, h, patch=2, width=128, depth=4, heads=4, key=key)
 
 
@@ -64,8 +77,8 @@ def matmul_rate(n: int = 2048, seconds: float = 2.0) -> float:
     return 2 * n**3 / best_time(lambda: dot(a, a), seconds)
 
 
-def bench_one(name: str, shape, batch: int, seconds: float) -> dict:
-    net = build(name, shape, jax.random.key(0))
+def bench_one(name: str, shape, batch: int, seconds: float, **unet) -> dict:
+    net = build(name, shape, jax.random.key(0), **unet)
     flat = name == "MLP"
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
@@ -73,9 +86,15 @@ def bench_one(name: str, shape, batch: int, seconds: float) -> dict:
     t = jnp.asarray(rng.uniform(1e-3, 1.0, batch), jnp.float32)
     params, static = eqx.partition(net, eqx.is_inexact_array)
 
+    labelled = unet.get("num_classes") is not None
+
     def loss(params, t, x):
         model = eqx.combine(params, static)
-        return jnp.mean((jax.vmap(model)(t, x) - x) ** 2)
+        if labelled:  # a class-conditional network, given class 0
+            out = jax.vmap(lambda s, y: model(s, y, label=jnp.int32(0)))(t, x)
+        else:
+            out = jax.vmap(model)(t, x)
+        return jnp.mean((out - x) ** 2)
 
     step = jax.jit(jax.value_and_grad(loss))
     t0 = time.perf_counter()
@@ -110,12 +129,34 @@ def format_row(row: dict) -> str:
     return " ".join(cells)
 
 
+def unet_sizes(args) -> None:
+    """Training throughput of the UNet sizes a 28x28 model on a CPU can afford."""
+    print(f"{'UNet':<34} {'params':>9} {'compile s':>9} {'samples/s':>10} {'steps/s':>8}")
+    rows = []
+    for kw in UNET_SIZES:
+        row = bench_one("UNet", SHAPES["28x28x1"], args.batch, args.seconds, num_classes=10, **kw)
+        row["unet"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+        rows.append(row)
+        label = f"base {kw['base']}, mults {kw['channel_mults']}, {kw['num_res_blocks']} block(s)"
+        print(f"{label:<34} {row['params']:>9,} {row['compile_s']:>9.1f} "
+              f"{row['samples_per_s']:>10.1f} {1 / row['step_s']:>8.2f}", flush=True)
+    out = Path(args.out).with_name("nets_unet_sizes.json")
+    out.write_text(json.dumps({"what": "forward+backward, 28x28x1, ten classes, jitted, float32",
+                               "batch": args.batch, "cpus": os.cpu_count(), "rows": rows},
+                              indent=2) + "\n")
+    print(f"-> {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="samples per step")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per case")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nets.json"))
+    parser.add_argument("--unet-sizes", action="store_true",
+                        help="only the class-conditional UNet sizes of UNET_SIZES on 28x28x1")
     args = parser.parse_args()
+    if args.unet_sizes:
+        return unet_sizes(args)
 
     peak = matmul_rate(seconds=args.seconds)
     rows = []

@@ -110,6 +110,7 @@ class SampleConfig:
     eta: float = 0.0
     guidance: float = 0.0
     seed: int = 1
+    quality: bool = False  # labelled images: score the samples offline (sgm.quality)
 
 
 @dataclass(frozen=True)

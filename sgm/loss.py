@@ -96,34 +96,42 @@ def dsm_loss_per_sample(model, sde: AbstractSDE, x0, *, key, cond=None, weightin
         reduce: "mean" or "sum" of the squared error over the dimensions of one sample.
         t0: smallest time (default `sde.t0`).
     """
-    _choose("loss weighting", weighting, WEIGHTINGS)
-    _choose("time sampling", time_sampling, TIME_SAMPLINGS)
-    _choose("loss reduction", reduce, REDUCTIONS)
-    t0 = sde.t0 if t0 is None else t0
+    options = dict(weighting=weighting, time_sampling=time_sampling, importance=importance,
+                   reduce=reduce, t0=t0, dropout=dropout)
+    draws, scale = _draws(sde, x0, key, cond, options)
+    return jax.vmap(lambda *d: _term(model, sde, *d, **options))(*draws) * scale
+
+
+def _draws(sde, x0, key, cond, options):
+    """The random parts of `dsm_loss_per_sample`: per-sample (t, x0, eps, cond, dropout key), and
+    the importance factor 1 / ((t1 - t0) q(t)) (B,) that turns each term into the estimate."""
+    _choose("loss weighting", options["weighting"], WEIGHTINGS)
+    _choose("time sampling", options["time_sampling"], TIME_SAMPLINGS)
+    _choose("loss reduction", options["reduce"], REDUCTIONS)
+    t0 = sde.t0 if options["t0"] is None else options["t0"]
     t1 = sde.t1
     n = x0.shape[0]
     k_t, k_eps, k_drop = jax.random.split(key, 3)
-    u = sample_times(k_t, n, stratified=time_sampling == "stratified")
-    if importance:  # the proposal is only a proposal: no gradient flows into it
+    u = sample_times(k_t, n, stratified=options["time_sampling"] == "stratified")
+    if options["importance"]:  # the proposal is only a proposal: no gradient flows into it
         fixed = jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, sde)
         t, q = ImportanceTimeSampler(fixed, t0, t1).sample(u)
     else:
         t, q = t0 + (t1 - t0) * u, jnp.full((n,), 1.0 / (t1 - t0))
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     cond = {} if cond is None else cond
-    drop_keys = jax.random.split(k_drop, n)
+    return (t, x0, eps, cond, jax.random.split(k_drop, n)), 1.0 / ((t1 - t0) * q)
 
-    def one(t_i, x0_i, eps_i, cond_i, k_i):
-        a, s = sde.scale(t_i), sde.std(t_i)
-        x_t = a * x0_i + s * eps_i
-        kw = dict(cond_i, key=k_i) if dropout else cond_i
-        err = jnp.square(s * model(t_i, x_t, **kw) + eps_i)
-        err = jnp.mean(err) if reduce == "mean" else jnp.sum(err)
-        lam_over_s2 = 1.0 if weighting == "sigma2" else sde.diffusion(t_i) ** 2 / s**2
-        return lam_over_s2 * err
 
-    per = jax.vmap(one)(t, x0, eps, cond, drop_keys)
-    return per / ((t1 - t0) * q)
+def _term(model, sde, t_i, x0_i, eps_i, cond_i, k_i, *, weighting, reduce, dropout, **_):
+    """lambda(t) / s^2 || s score(t, x_t) + eps ||^2 of one sample."""
+    a, s = sde.scale(t_i), sde.std(t_i)
+    x_t = a * x0_i + s * eps_i
+    kw = dict(cond_i, key=k_i) if dropout else cond_i
+    err = jnp.square(s * model(t_i, x_t, **kw) + eps_i)
+    err = jnp.mean(err) if reduce == "mean" else jnp.sum(err)
+    lam_over_s2 = 1.0 if weighting == "sigma2" else sde.diffusion(t_i) ** 2 / s**2
+    return lam_over_s2 * err
 
 
 def _schedule_mask(tree):
@@ -148,7 +156,9 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
     If `sde` (or `model`) holds a learned schedule, the value is the same but the schedule's
     parameters get the gradient of half the mean square of the per-sample terms, and all other
     parameters the gradient of their mean (the variance objective of Kingma et al. 2021, which
-    needs `weighting="likelihood"`; it costs a second forward pass).
+    needs `weighting="likelihood"`). Both come from one forward and one backward pass of the
+    network: every sample evaluates its own copy of the schedule, so the backward pass returns
+    each sample's schedule gradient, which is then weighted by that sample's term.
     """
     pair = (model, sde)
     mask = _schedule_mask(pair)
@@ -157,7 +167,71 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
     if options.get("weighting", "sigma2") != "likelihood":
         raise ConfigError("a learned noise schedule is trained on the variational bound: it needs "
                           "weighting='likelihood'.")
+    return _fused_mean(pair, mask, x0, key, options)
+
+
+def _two_pass_loss(model, sde: AbstractSDE, x0, *, key, **options):
+    """`dsm_loss` of a learned schedule by two passes (the bound with the schedule held fixed, the
+    second moment with everything else held fixed): the reference the fused pass is tested on."""
+    pair = (model, sde)
+    mask = _schedule_mask(pair)
     bound = jnp.mean(dsm_loss_per_sample(*_stop_where(pair, mask, True), x0, key=key, **options))
     per = dsm_loss_per_sample(*_stop_where(pair, mask, False), x0, key=key, **options)
     second = 0.5 * jnp.mean(jnp.square(per))  # only the schedule's gradient comes from here
     return bound + second - jax.lax.stop_gradient(second)
+
+
+def _options(options: dict) -> dict:
+    return dict(dict(weighting="sigma2", time_sampling="uniform", importance=False,
+                     reduce="mean", t0=None, dropout=False), **options)
+
+
+def _per_sample_copies(pair, mask, x0, key, options):
+    """(per-sample terms as a function of (the non-schedule arrays, the schedule arrays stacked
+    once per sample)), those two arguments, and the rest of `pair`."""
+    cond = options.get("cond")
+    options = _options({k: v for k, v in options.items() if k != "cond"})
+    sched_mask = jax.tree_util.tree_map(lambda a, m: bool(m) and eqx.is_inexact_array(a), pair, mask)
+    rest_mask = jax.tree_util.tree_map(lambda a, m: not m and eqx.is_inexact_array(a), pair, mask)
+    sched, rest = eqx.filter(pair, sched_mask), eqx.filter(pair, rest_mask)
+    other = eqx.filter(pair, jax.tree_util.tree_map(lambda a, b: not (a or b), sched_mask, rest_mask))
+    n = x0.shape[0]
+    stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), sched)
+    return cond, options, sched, rest, other, stacked
+
+
+def _terms_fn(other, x0, key, cond, options, sde_for_draws):
+    draws, scale = _draws(sde_for_draws, x0, key, cond, options)
+
+    def terms(rest, stacked):
+        def one(sched_i, *d):
+            model, sde = eqx.combine(sched_i, rest, other)
+            return _term(model, sde, *d, **options)
+
+        return jax.vmap(one)(stacked, *draws) * scale
+
+    return terms
+
+
+@eqx.filter_custom_vjp
+def _fused_mean(pair, mask, x0, key, options):
+    return jnp.mean(dsm_loss_per_sample(*pair, x0, key=key, **options))
+
+
+@_fused_mean.def_fwd
+def _fused_mean_fwd(perturbed, pair, mask, x0, key, options):
+    cond, opts, _, rest, other, stacked = _per_sample_copies(pair, mask, x0, key, options)
+    terms = _terms_fn(other, x0, key, cond, opts, pair[1])
+    per, pullback = jax.vjp(terms, rest, stacked)
+    return jnp.mean(per), (per, pullback)
+
+
+@_fused_mean.def_bwd
+def _fused_mean_bwd(residuals, grad_obj, perturbed, pair, mask, x0, key, options):
+    per, pullback = residuals
+    n = per.shape[0]
+    g_rest, g_stacked = pullback(jnp.full((n,), grad_obj / n, per.dtype))
+    # sample i's schedule gradient is (g/n) d per_i / d theta: weighted by per_i and summed, it is
+    # g times the gradient of half the mean square of the terms
+    g_sched = jax.tree_util.tree_map(lambda a: jnp.tensordot(per, a, axes=1), g_stacked)
+    return eqx.combine(g_rest, g_sched)

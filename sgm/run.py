@@ -30,7 +30,7 @@ from pathlib import Path
 import diffrax
 import numpy as np
 
-from . import build, parallel, track, train
+from . import build, parallel, quality, track, train
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError, SGMError
 
@@ -111,6 +111,8 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"to use it as it is, or choose another work directory.")
         if mode in ("sample", "all"):
             check_sample_memory(exp)
+            if cfg.sample.quality:
+                quality.check_data(exp.ds)
         summary = read_summary(exp, workdir)
         # input is valid: from here on files are written, by process 0 only, under the lock
         exp = prepare_workdir(exp, workdir, stack=stack, need_checkpoint=need,
@@ -285,8 +287,9 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
     conditions) and figs/samples.png; for images and fields also figs/reverse.png.
 
     `step` labels the figures given to `trackers`; `flag` (`train.stop_on_signals`') stops the
-    phase before anything is written. Returns the summary entries sample_seconds, sample_nfe and
-    (images and fields) reverse_figure_seconds.
+    phase before anything is written. With sample.quality the samples are scored offline
+    (`sgm.quality`) into quality.json. Returns the summary entries sample_seconds, sample_nfe,
+    quality (with sample.quality) and (images and fields) reverse_figure_seconds.
     """
     cfg, ds, workdir = exp.cfg, exp.ds, Path(workdir)
     trackers = track.Trackers() if trackers is None else trackers
@@ -304,6 +307,14 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
         trackers.figure(step, "samples", path)
         print(f"samples: {x.shape[0]} with {cfg.sample.method}, nfe {int(info['nfe'])}, "
               f"{out['sample_seconds']:.1f}s -> {workdir / 'samples.npz'}")
+    if cfg.sample.quality:  # every process trains or loads the classifier; process 0 writes
+        clf, q_info = quality.classifier_for(ds, progress=progress and main_process)
+        q = quality.score(clf, x, cond if exp.conditioning.uses_label else None, ds,
+                          test_accuracy=q_info["test_accuracy"])
+        out["quality"] = q
+        if main_process:
+            ckpt.write_atomic(workdir / "quality.json", json.dumps(q, indent=2) + "\n")
+            print(quality.describe(q))
     if len(ds.shape) == 3:  # images and fields: 8 samples on their way from noise
         t0 = time.perf_counter()
         path = reverse_figure(exp, model, mesh=mesh, path=workdir / "figs" / "reverse.png",

@@ -23,8 +23,8 @@ from sgm.data import files
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers")
-COMPILE_HEAVY = (*FROM_DISK, "digits")
+FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers")  # data names
+COMPILE_HEAVY = ("mnist", "fashion_mnist", "fashion_mnist_cpu", "cifar10", "flowers", "digits")
 TRAIN_ALL = os.environ.get("SGM_TEST_ALL_CONFIGS") == "1"
 
 
@@ -56,11 +56,16 @@ def test_every_config_is_listed():
     assert {"eight_gaussians", "digits", "grf", "mnist", "cifar10", "flowers"} <= set(CONFIGS)
 
 
+def _data_name(config_name: str) -> str:
+    return C.load_file(ROOT / "configs" / f"{config_name}.py").data.name
+
+
 def _overrides(name, tmp_path):
     extra = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.eval_num=2",
              "data.n_test=2"]
-    if name in FROM_DISK:
-        _fake_data(name, tmp_path / "data", np.random.default_rng(0))
+    data_name = _data_name(name)
+    if data_name in FROM_DISK:
+        _fake_data(data_name, tmp_path / "data", np.random.default_rng(0))
         extra.append(f"data.root={tmp_path / 'data'}")
     else:
         extra.append("data.n_train=64")

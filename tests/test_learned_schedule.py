@@ -112,6 +112,34 @@ def test_score_model_gives_the_network_the_noise_level():
     assert abs(float(seen[0]) - 0.4) > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["vp", "subvp"])
+def test_the_fused_pass_has_the_two_passes_gradients(kind):
+    """One forward and one backward pass (each sample with its own copy of the schedule) give
+    the gradients of the two-pass objective: the bound's for the network, half the second
+    moment's for the schedule; with labels, dropout keys and the schedule in both arguments."""
+    from sgm.loss import _two_pass_loss
+
+    sde = (sgm.VPSDE if kind == "vp" else sgm.SubVPSDE)(schedule=random_schedule(3))
+    net = sgm.nets.MLP(3, width=32, depth=2, num_classes=4, dropout=0.1, key=jax.random.key(5))
+    net = eqx.tree_at(lambda n: n.linear_out.weight, net,
+                      0.1 * jax.random.normal(jax.random.key(6), net.linear_out.weight.shape))
+    model = sgm.ScoreModel(net, sde, prediction="v")
+    x = jax.random.normal(jax.random.key(7), (48, 3))
+    opts = {"weighting": "likelihood", "time_sampling": "stratified", "dropout": True,
+            "cond": {"label": jnp.arange(48) % 4}}
+    key = jax.random.key(8)
+    fused, g = eqx.filter_value_and_grad(lambda m: sgm.dsm_loss(m, m.sde, x, key=key, **opts))(model)
+    two, g2 = eqx.filter_value_and_grad(lambda m: _two_pass_loss(m, m.sde, x, key=key, **opts))(model)
+    plain = jnp.mean(sgm.dsm_loss_per_sample(model, sde, x, key=key, **opts))
+    np.testing.assert_allclose(fused, plain, rtol=1e-6)
+    np.testing.assert_allclose(fused, two, rtol=1e-5)  # bound + second - second rounds
+    leaves, leaves2 = jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g2)
+    assert len(leaves) == len(leaves2) and any(float(jnp.abs(a).max()) > 0 for a in leaves)
+    for a, b in zip(leaves, leaves2, strict=True):  # float32 rounding of two computations
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * float(jnp.abs(b).max()) + 1e-10)
+    assert max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g.sde)) > 0
+
+
 @pytest.mark.slow
 def test_gradients_are_the_bound_for_the_net_and_the_second_moment_for_the_schedule():
     sde = sgm.VPSDE(schedule=random_schedule(2))

@@ -1,0 +1,85 @@
+"""Sample quality of a trained class-conditional image run, per sampler and number of evaluations.
+
+    python bench/quality.py runs/fashion_mnist_cpu                   # ipndm, unipc, ddim at 10/20/50
+    python bench/quality.py RUN --methods ipndm --nfe 10 20 --num 500
+    python bench/quality.py RUN --em 100                             # also em-1000 on 100 samples
+
+For each sampler and step count it draws `--num` conditional samples of the run's EMA model (labels
+0, 1, 2, ... cycling, the run's guidance), and scores them with the offline classifier of
+`sgm.quality` (trained once on the run's training images and cached): the fraction recognised as
+the class they were drawn for, and the Fréchet distance between their classifier features and the
+test set's. The reference row is the same score for real training images standing in for the
+samples (same count), which is as good as a sampler can get. Wall time per row is on this machine.
+Table on stdout; JSON in bench/results/quality_<run name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sgm import build, quality
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="work directory of a finished main.py run")
+    p.add_argument("--methods", nargs="+", default=["ipndm", "unipc", "ddim"])
+    p.add_argument("--nfe", nargs="+", type=int, default=[10, 20, 50])
+    p.add_argument("--num", type=int, default=500, help="samples per few-step row")
+    p.add_argument("--em", type=int, default=0,
+                   help="also Euler-Maruyama with 1000 steps on this many samples (0: not run)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    exp = build.load_run(args.run)
+    model = exp.state.ema
+    clf, info = quality.classifier_for(exp.ds)
+    print(f"classifier: test accuracy {info['test_accuracy']:.4f}")
+    rows = []
+
+    def row(label, method, steps, num, x, labels, seconds, nfe):
+        s = quality.score(clf, x, labels, exp.ds, test_accuracy=info["test_accuracy"])
+        r = dict(label=label, method=method, steps=steps, nfe=nfe, num=num, seconds=seconds,
+                 accuracy=s["sample_accuracy"], frechet=s["frechet"],
+                 frechet_reference=s["frechet_reference"])
+        rows.append(r)
+        print(f"{label:>10} {str(steps):>5} {nfe:>5} {num:>5} {seconds:8.1f}s  "
+              f"acc {r['accuracy']:.3f}  FD {r['frechet']:8.3f}  (real {r['frechet_reference']:.3f})",
+              flush=True)
+
+    print(f"{'sampler':>10} {'steps':>5} {'nfe':>5} {'num':>5} {'time':>9}")
+    # the reference: real training images in the samples' place (another draw than score's own)
+    pick = np.random.default_rng(1).choice(exp.ds.train.shape[0], args.num, replace=False)
+    row("real", None, None, args.num, exp.ds.train[pick], exp.ds.train_cond[pick], 0.0, 0)
+    plan = [(m, n) for m in args.methods for n in args.nfe]
+    if args.em:
+        plan.append(("em", 1000))
+    for method, steps in plan:
+        num = args.em if method == "em" else args.num
+        t0 = time.perf_counter()
+        x, sinfo, labels = exp.samples(model, num=num, method=method, steps=steps, t_end=None)
+        x = jax.block_until_ready(x)
+        row(method, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
+            int(sinfo["nfe"]))
+
+    out = args.out or RESULTS / f"quality_{args.run.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "run": str(args.run), "classifier_test_accuracy": info["test_accuracy"],
+        "guidance": exp.cfg.sample.guidance, "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
