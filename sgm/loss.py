@@ -156,9 +156,17 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
     If `sde` (or `model`) holds a learned schedule, the value is the same but the schedule's
     parameters get the gradient of half the mean square of the per-sample terms, and all other
     parameters the gradient of their mean (the variance objective of Kingma et al. 2021, which
-    needs `weighting="likelihood"`). Both come from one forward and one backward pass of the
-    network: every sample evaluates its own copy of the schedule, so the backward pass returns
-    each sample's schedule gradient, which is then weighted by that sample's term.
+    needs `weighting="likelihood"`):
+
+        d/d(net)   mean_i l_i,        d/d(schedule)   (1/2) mean_i l_i^2.
+
+    Both come from one forward and one backward pass of the network. A sample at time t_i sees
+    the schedule only through n(t_i) and n'(t_i) (its normalised -log SNR and rate,
+    `LearnedSchedule.local`), computed for the batch in one small pass of the schedule; the
+    network's backward pass gives g_i = dl_i/d(n(t_i), n'(t_i)) with the bound's gradient, and
+    the schedule's gradient is the pull-back of l_i g_i / B through that small pass. So `model`
+    must evaluate the schedule at the sample's own time only (a `ScoreModel` does); at any other
+    time the schedule it is given there (`sgm.sde.LocalSchedule`) returns NaN.
     """
     pair = (model, sde)
     mask = _schedule_mask(pair)
@@ -167,7 +175,7 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
     if options.get("weighting", "sigma2") != "likelihood":
         raise ConfigError("a learned noise schedule is trained on the variational bound: it needs "
                           "weighting='likelihood'.")
-    return _fused_mean(pair, mask, x0, key, options)
+    return _fused_mean(pair, x0, key, options)
 
 
 def _two_pass_loss(model, sde: AbstractSDE, x0, *, key, **options):
@@ -186,52 +194,63 @@ def _options(options: dict) -> dict:
                      reduce="mean", t0=None, dropout=False), **options)
 
 
-def _per_sample_copies(pair, mask, x0, key, options):
-    """(per-sample terms as a function of (the non-schedule arrays, the schedule arrays stacked
-    once per sample)), those two arguments, and the rest of `pair`."""
-    cond = options.get("cond")
-    options = _options({k: v for k, v in options.items() if k != "cond"})
-    sched_mask = jax.tree_util.tree_map(lambda a, m: bool(m) and eqx.is_inexact_array(a), pair, mask)
-    rest_mask = jax.tree_util.tree_map(lambda a, m: not m and eqx.is_inexact_array(a), pair, mask)
-    sched, rest = eqx.filter(pair, sched_mask), eqx.filter(pair, rest_mask)
-    other = eqx.filter(pair, jax.tree_util.tree_map(lambda a, b: not (a or b), sched_mask, rest_mask))
-    n = x0.shape[0]
-    stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), sched)
-    return cond, options, sched, rest, other, stacked
+def _is_schedule(node) -> bool:
+    return isinstance(node, LearnedSchedule)
 
 
-def _terms_fn(other, x0, key, cond, options, sde_for_draws):
-    draws, scale = _draws(sde_for_draws, x0, key, cond, options)
+def _split_schedules(pair):
+    """`pair` as (its learned schedules, its other float arrays, and `rebuild(arrays, schedules)`:
+    the pair again, with these arrays and these schedules in their places; with `grads=True`
+    a gradient of the pair, None on its other leaves)."""
+    leaves, treedef = jax.tree_util.tree_flatten(pair, is_leaf=_is_schedule)
+    where = [i for i, leaf in enumerate(leaves) if _is_schedule(leaf)]
+    params, static = eqx.partition([None if _is_schedule(leaf) else leaf for leaf in leaves],
+                                   eqx.is_inexact_array)
 
-    def terms(rest, stacked):
-        def one(sched_i, *d):
-            model, sde = eqx.combine(sched_i, rest, other)
-            return _term(model, sde, *d, **options)
+    def rebuild(params, schedules, grads=False):
+        leaves = list(params) if grads else eqx.combine(params, static)
+        for i, schedule in zip(where, schedules, strict=True):
+            leaves[i] = schedule
+        return jax.tree_util.tree_unflatten(treedef, leaves)
 
-        return jax.vmap(one)(stacked, *draws) * scale
-
-    return terms
+    return [leaves[i] for i in where], params, rebuild
 
 
 @eqx.filter_custom_vjp
-def _fused_mean(pair, mask, x0, key, options):
+def _fused_mean(pair, x0, key, options):
     return jnp.mean(dsm_loss_per_sample(*pair, x0, key=key, **options))
 
 
 @_fused_mean.def_fwd
-def _fused_mean_fwd(perturbed, pair, mask, x0, key, options):
-    cond, opts, _, rest, other, stacked = _per_sample_copies(pair, mask, x0, key, options)
-    terms = _terms_fn(other, x0, key, cond, opts, pair[1])
-    per, pullback = jax.vjp(terms, rest, stacked)
-    return jnp.mean(per), (per, pullback)
+def _fused_mean_fwd(perturbed, pair, x0, key, options):
+    # A sample at time t_i depends on each learned schedule through two numbers, n(t_i) and
+    # n'(t_i) (`LearnedSchedule.local`): the batch of those is one small, batched evaluation of the
+    # schedule, and the network's pass sees only per-sample scalars.
+    options = dict(options)
+    cond = options.pop("cond", None)
+    options = _options(options)
+    draws, scale = _draws(pair[1], x0, key, cond, options)
+    schedules, params, rebuild = _split_schedules(pair)
+    locals_, schedules_vjp = jax.vjp(lambda s: [jax.vmap(sch.local)(draws[0]) for sch in s],
+                                     schedules)
+
+    def terms(params, locals_):
+        def one(locals_i, *d):
+            return _term(*rebuild(params, locals_i), *d, **options)
+
+        return jax.vmap(one)(locals_, *draws) * scale
+
+    per, terms_vjp = jax.vjp(terms, params, locals_)
+    return jnp.mean(per), (per, terms_vjp, schedules_vjp)
 
 
 @_fused_mean.def_bwd
-def _fused_mean_bwd(residuals, grad_obj, perturbed, pair, mask, x0, key, options):
-    per, pullback = residuals
+def _fused_mean_bwd(residuals, grad_obj, perturbed, pair, x0, key, options):
+    per, terms_vjp, schedules_vjp = residuals
     n = per.shape[0]
-    g_rest, g_stacked = pullback(jnp.full((n,), grad_obj / n, per.dtype))
-    # sample i's schedule gradient is (g/n) d per_i / d theta: weighted by per_i and summed, it is
-    # g times the gradient of half the mean square of the terms
-    g_sched = jax.tree_util.tree_map(lambda a: jnp.tensordot(per, a, axes=1), g_stacked)
-    return eqx.combine(g_rest, g_sched)
+    g_params, g_locals = terms_vjp(jnp.full((n,), grad_obj / n, per.dtype))
+    # sample i's cotangents are (g/n) d per_i / d(n(t_i), n'(t_i)): weighted by per_i and pulled
+    # back through the schedules, they give g times the gradient of half the terms' mean square
+    (g_schedules,) = schedules_vjp(jax.tree_util.tree_map(lambda a: per * a, g_locals))
+    _, _, rebuild = _split_schedules(pair)
+    return rebuild(g_params, g_schedules, grads=True)

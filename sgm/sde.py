@@ -187,20 +187,49 @@ class CosineSchedule(AbstractSchedule):
         return raw(t_clip) + self.max_beta * jnp.maximum(t - t_star, 0.0)
 
 
-class LearnedSchedule(AbstractSchedule):
+class AbstractLogSNRSchedule(AbstractSchedule):
+    """A VP schedule written through its normalised -log SNR n(t) between fixed end points.
+
+    gamma(t) = -log SNR(t) = gamma_0 + (gamma_1 - gamma_0) n(t), gamma_0 = -logsnr_max at t0 and
+    gamma_1 = -logsnr_min at t1, and B(t) = softplus(gamma(t)) on [t0, t1] (so that VP's
+    scale^2 = sigmoid(-gamma), std^2 = sigmoid(gamma)); below t0 B ramps linearly from B(0) = 0 to
+    B(t0), so x_t | x_0 is the kernel of the SDE started at x_0 at t = 0 for every t. Concrete
+    schedules implement n(t) as `network_time` (the network sees n, not t).
+    """
+
+    logsnr_max: eqx.AbstractVar[float]
+    logsnr_min: eqx.AbstractVar[float]
+    t0: eqx.AbstractVar[float]
+    t1: eqx.AbstractVar[float]
+
+    @abc.abstractmethod
+    def network_time(self, t: Scalar) -> Array:
+        """n(t) = (gamma(t) - gamma_0) / (gamma_1 - gamma_0), in [0, 1] on [t0, t1]."""
+
+    def gamma(self, t: Scalar) -> Array:
+        """gamma(t) = -log SNR(t) of the VP SDE on this schedule (increasing in t)."""
+        g0, g1 = -self.logsnr_max, -self.logsnr_min
+        return g0 + (g1 - g0) * self.network_time(t)
+
+    def integral(self, t):
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        b = jax.nn.softplus(self.gamma(t))
+        if self.t0 == 0:
+            return b
+        ramp = jax.nn.softplus(-self.logsnr_max) * t / self.t0
+        return jnp.where(t < self.t0, ramp, b)
+
+
+class LearnedSchedule(AbstractLogSNRSchedule):
     """A learned noise schedule: a monotone network for the log-SNR between fixed end points.
 
-    On [t0, t1] the schedule is gamma(t) = -log SNR(t) of the VP SDE, written B(t) = softplus(gamma(t))
-    (so that VP's scale^2 = sigmoid(-gamma), std^2 = sigmoid(gamma)), with
+    On [t0, t1] the normalised -log SNR (`AbstractLogSNRSchedule`) is
 
-        gamma(t) = gamma_0 + (gamma_1 - gamma_0) (h(u) - h(0)) / (h(1) - h(0)),   u = (t - t0) / (t1 - t0),
+        n(t) = (h(u) - h(0)) / (h(1) - h(0)),   u = (t - t0) / (t1 - t0),
 
-    where gamma_0 = -logsnr_max at t0 and gamma_1 = -logsnr_min at t1 are fixed, and h is increasing:
-    h(u) = c u + mean_j a_j sigmoid(w_j (2u - 1) + b_j) with c, a_j, w_j > 0 (softplus of the raw
-    parameters), the monotone network of Kingma, Salimans, Poole & Ho, "Variational Diffusion
-    Models" (2021), Appendix H. Below t0 the integrated rate ramps linearly from B(0) = 0 to
-    B(t0), so x_t | x_0 is the kernel of the SDE started at x_0 at t = 0 for every t, as for the
-    fixed schedules.
+    where h is increasing: h(u) = c u + mean_j a_j sigmoid(w_j (2u - 1) + b_j) with c, a_j, w_j > 0
+    (softplus of the raw parameters), the monotone network of Kingma, Salimans, Poole & Ho,
+    "Variational Diffusion Models" (2021), Appendix H.
 
     Its parameters are arrays of the score model (trained, kept in the EMA and in checkpoints).
     With its end points fixed, the continuous-time variational bound does not depend on the shape
@@ -244,25 +273,46 @@ class LearnedSchedule(AbstractSchedule):
         return sp(self.c) * u + jnp.mean(sp(self.a) * hidden)
 
     def network_time(self, t: Scalar) -> Array:
-        """The normalised -log SNR, (gamma(t) - gamma_0) / (gamma_1 - gamma_0) in [0, 1] on [t0, t1]."""
+        """n(t) = (gamma(t) - gamma_0) / (gamma_1 - gamma_0) in [0, 1] on [t0, t1]."""
         t = jnp.asarray(t, dtype=jnp.result_type(float))
         u = jnp.clip((t - self.t0) / (self.t1 - self.t0), 0.0, 1.0)
         h = jnp.vectorize(self._h)
         h0, h1 = h(jnp.zeros(())), h(jnp.ones(()))
         return (h(u) - h0) / (h1 - h0)
 
-    def gamma(self, t: Scalar) -> Array:
-        """gamma(t) = -log SNR(t) of the VP SDE on this schedule (increasing in t)."""
-        g0, g1 = -self.logsnr_max, -self.logsnr_min
-        return g0 + (g1 - g0) * self.network_time(t)
-
-    def integral(self, t):
+    def local(self, t: Scalar) -> LocalSchedule:
+        """This schedule as seen at one time `t` (a scalar): n(t) and n'(t), a `LocalSchedule`."""
         t = jnp.asarray(t, dtype=jnp.result_type(float))
-        b = jax.nn.softplus(self.gamma(t))
-        if self.t0 == 0:
-            return b
-        ramp = jax.nn.softplus(-self.logsnr_max) * t / self.t0
-        return jnp.where(t < self.t0, ramp, b)
+        value, rate = jax.jvp(self.network_time, (t,), (jnp.ones_like(t),))
+        return LocalSchedule(at=t, value=value, rate=rate, logsnr_max=self.logsnr_max,
+                             logsnr_min=self.logsnr_min, t0=self.t0, t1=self.t1)
+
+
+class LocalSchedule(AbstractLogSNRSchedule):
+    """A log-SNR schedule known at one time only: n(at) and its rate n'(at), NaN at any other time.
+
+    An SDE holding it gives, at t = `at`, the scale, std, diffusion and network time of the
+    schedule it was taken from (`LearnedSchedule.local`), to rounding: each depends on the
+    schedule only through B(t) and beta(t), that is through n(t) and n'(t), so
+
+        n(t) = value + rate (t - at)        at t = at (exact in value and first derivative).
+
+    A sample evaluated at its own time t_i depends on a learned schedule's parameters through these
+    two numbers: the loss differentiates a batch of them (`sgm.loss.dsm_loss`) instead of a copy of
+    the schedule's network per sample.
+    """
+
+    at: Array
+    value: Array
+    rate: Array
+    logsnr_max: float = eqx.field(static=True)
+    logsnr_min: float = eqx.field(static=True)
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+
+    def network_time(self, t: Scalar) -> Array:
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        return jnp.where(t == self.at, self.value + self.rate * (t - self.at), jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,8 +113,40 @@ def test_score_model_gives_the_network_the_noise_level():
 
 
 @pytest.mark.parametrize("kind", ["vp", "subvp"])
-def test_the_fused_pass_has_the_two_passes_gradients(kind):
-    """One forward and one backward pass (each sample with its own copy of the schedule) give
+def test_the_local_schedule_is_the_learned_one_at_its_time(kind):
+    """At its own time a `LocalSchedule` (two numbers) gives the SDE's scale, std, diffusion and
+    network time, and their derivatives in the schedule's parameters, to float64 rounding (the
+    network time's derivatives near t0 come from a difference h(u) - h(0)); elsewhere NaN."""
+    make = sgm.VPSDE if kind == "vp" else sgm.SubVPSDE
+
+    def quantities(s, t, local):
+        sde = make(schedule=s.local(t) if local else s)
+        return jnp.stack([sde.scale(t), sde.std(t), sde.diffusion(t), sde.network_time(t)])
+
+    value_and_jac = jax.jit(lambda s, t, local: (quantities(s, t, local),
+                                                  jax.jacrev(quantities)(s, t, local)),
+                            static_argnums=2)
+    with jax.enable_x64(True):
+        sch = random_schedule(4)
+        for t in jnp.array([3e-5, 0.2, 0.97]):
+            (v, g), (v2, g2) = (value_and_jac(sch, t, local) for local in (False, True))
+            np.testing.assert_allclose(v2, v, rtol=1e-14)
+            leaves, leaves2 = jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g2)
+            assert leaves[0].dtype == jnp.float64 and len(leaves) == 4
+            for a, b in zip(leaves2, leaves, strict=True):  # row by row: each quantity's scale
+                row_max = jnp.abs(b).max(axis=tuple(range(1, b.ndim)), keepdims=True)
+                assert bool(jnp.all(jnp.abs(a - b) <= 1e-10 * row_max)), float(t)
+    local = random_schedule(4).local(jnp.asarray(0.2))
+    assert bool(jnp.isnan(make(schedule=local).std(0.3)))
+    assert bool(jnp.isnan(local.network_time(0.2001)))
+
+
+@pytest.mark.parametrize("kind,opts", [
+    ("vp", {"time_sampling": "stratified", "dropout": True}),
+    ("subvp", {"time_sampling": "uniform", "reduce": "sum", "t0": 1e-6}),
+])
+def test_the_fused_pass_has_the_two_passes_gradients(kind, opts):
+    """One forward and one backward pass (each sample sees the schedule as two numbers) give
     the gradients of the two-pass objective: the bound's for the network, half the second
     moment's for the schedule; with labels, dropout keys and the schedule in both arguments."""
     from sgm.loss import _two_pass_loss
@@ -125,11 +157,12 @@ def test_the_fused_pass_has_the_two_passes_gradients(kind):
                       0.1 * jax.random.normal(jax.random.key(6), net.linear_out.weight.shape))
     model = sgm.ScoreModel(net, sde, prediction="v")
     x = jax.random.normal(jax.random.key(7), (48, 3))
-    opts = {"weighting": "likelihood", "time_sampling": "stratified", "dropout": True,
-            "cond": {"label": jnp.arange(48) % 4}}
+    opts = dict(opts, weighting="likelihood", cond={"label": jnp.arange(48) % 4})
     key = jax.random.key(8)
-    fused, g = eqx.filter_value_and_grad(lambda m: sgm.dsm_loss(m, m.sde, x, key=key, **opts))(model)
-    two, g2 = eqx.filter_value_and_grad(lambda m: _two_pass_loss(m, m.sde, x, key=key, **opts))(model)
+    fused, g = eqx.filter_value_and_grad(
+        lambda m: sgm.dsm_loss(m, m.sde, x, key=key, **opts))(model)
+    two, g2 = eqx.filter_value_and_grad(
+        lambda m: _two_pass_loss(m, m.sde, x, key=key, **opts))(model)
     plain = jnp.mean(sgm.dsm_loss_per_sample(model, sde, x, key=key, **opts))
     np.testing.assert_allclose(fused, plain, rtol=1e-6)
     np.testing.assert_allclose(fused, two, rtol=1e-5)  # bound + second - second rounds
