@@ -9,7 +9,13 @@ is fitted from a timed run of its own jitted step, so wider networks or costlier
 fewer steps (the comparison is at equal wall time, as a user's is). Each trained EMA model is
 then scored on the same test points with the config's likelihood settings, next to the exact
 density of those points: the gap NLL - exact NLL, with the standard error of the per-point
-differences (a paired KL estimate, much less noisy than NLL minus entropy).
+differences (a paired KL estimate, much less noisy than NLL minus entropy). Every later recipe is
+also compared with the first one point by point: the difference of their gaps and its paired
+standard error (`vs_first`, `vs_first_stderr`). Each record also holds the training loss every
+`train.log_every` steps (`log`), the mean and standard deviation of one sample's term of the
+held-out loss estimator (`term_mean`, `term_std`: the bound and the noise the network's gradient
+sees per sample), and for a learned schedule its normalised -log SNR n(t) on a grid of t
+(`network_time`; the initial schedule is close to n(t) = t).
 
 Table on stdout; JSON in bench/results/sweep_<config name>.json (one record per recipe).
 """
@@ -29,6 +35,8 @@ import numpy as np
 
 from sgm import build, parallel, train
 from sgm import config as C
+from sgm.loss import dsm_loss_per_sample
+from sgm.sde import LearnedSchedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,11 +59,29 @@ def step_seconds(cfg, n: int = 60) -> float:
     return (time.perf_counter() - t) / n
 
 
+def estimator(exp, model, num: int, draws: int = 16) -> tuple[float, float]:
+    """Mean and standard deviation of one sample's term of the held-out loss estimator of `model`
+    on the first `num` test points, each drawn `draws` times (times, noise)."""
+    x = exp.ds.test[:num]
+    raw = exp.ds.test_cond[:num] if exp.conditioning.keyword is not None else None
+    opts = build.loss_options(exp.cfg, heldout=True)
+
+    @jax.jit
+    def terms(key):
+        k_pre, k_loss = jax.random.split(key)
+        return dsm_loss_per_sample(model, model.sde, exp.preprocess(k_pre, jnp.asarray(x)),
+                                   key=k_loss, cond=exp.cond(raw), **opts)
+
+    per = np.concatenate([np.asarray(terms(jax.random.key(k))) for k in range(draws)])
+    return float(per.mean()), float(per.std())
+
+
 def run(cfg) -> dict:
     exp = build.experiment(cfg)
     mesh = parallel.make_mesh()
+    log = []
     t = time.perf_counter()
-    state = exp.train(exp.state, mesh=mesh)
+    state = exp.train(exp.state, mesh=mesh, on_log=lambda r: log.append([r["step"], r["loss"]]))
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     out = exp.heldout_likelihood(state.ema, mesh=mesh, return_draws=True)
@@ -68,7 +94,20 @@ def run(cfg) -> dict:
     if exp.ds.log_prob is not None:  # data without a known density (moons) report the NLL only
         gap = -draws + np.asarray(exp.ds.log_prob(np.asarray(x), None), np.float64)
         rec.update(gap=float(gap.mean()), gap_stderr=float(gap.std() / math.sqrt(gap.size)))
+    rec["point_nll"] = -np.asarray(draws, np.float64)
+    rec["term_mean"], rec["term_std"] = estimator(exp, state.ema, out["num"])
+    rec["log"] = log
+    schedule = getattr(state.ema.sde, "schedule", None)
+    if isinstance(schedule, LearnedSchedule):
+        grid = np.linspace(0.0, 1.0, 11)
+        rec["network_time"] = [[float(u), float(schedule.network_time(u))] for u in grid]
     return rec
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of b - a over the same points and its standard error."""
+    d = b - a
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def main(argv=None):
@@ -81,7 +120,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     base = C.override(C.load_file(args.config), args.set)
-    rows = []
+    rows, first = [], None
     for recipe in args.recipe or [""]:
         sets = recipe.split()
         cfg = build.check(C.override(base, sets))
@@ -90,12 +129,18 @@ def main(argv=None):
             per_step = step_seconds(cfg)
             steps = max(int(args.budget / per_step), 100)
             cfg = C.override(cfg, [f"train.steps={steps}", f"train.ckpt_every={steps}"])
-        rec = {"recipe": recipe or "(config)", "step_ms": None if per_step is None else 1e3 * per_step,
-               **run(cfg)}
+        rec = {"recipe": recipe or "(config)",
+               "step_ms": None if per_step is None else 1e3 * per_step, **run(cfg)}
+        nll = rec.pop("point_nll")
+        first = nll if first is None else first
+        rec["vs_first"], rec["vs_first_stderr"] = paired(first, nll) if rows else (None, None)
         rows.append(rec)
         gap = "" if rec["gap"] is None else f"gap {rec['gap']:.4f} ± {rec['gap_stderr']:.4f}  "
+        vs = "" if rec["vs_first"] is None else (f"vs first {rec['vs_first']:+.4f} ± "
+                                                 f"{rec['vs_first_stderr']:.4f}  ")
         print(f"{rec['recipe']:<70} steps {rec['steps']:>6}  train {rec['train_s']:6.1f}s  "
-              f"NLL {rec['nll']:.4f} ± {rec['nll_stderr']:.4f}  {gap}nfe {rec['nfe']}", flush=True)
+              f"NLL {rec['nll']:.4f} ± {rec['nll_stderr']:.4f}  {gap}{vs}nfe {rec['nfe']}  "
+              f"term {rec['term_mean']:.3f} ± {rec['term_std']:.3f}", flush=True)
     out = Path(args.out) if args.out else RESULTS / f"sweep_{base.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": args.config, "budget_s": args.budget, "set": args.set,
