@@ -231,8 +231,7 @@ def _fused_mean_fwd(perturbed, pair, x0, key, options):
     options = _options(options)
     draws, scale = _draws(pair[1], x0, key, cond, options)
     schedules, params, rebuild = _split_schedules(pair)
-    locals_, schedules_vjp = jax.vjp(lambda s: [jax.vmap(sch.local)(draws[0]) for sch in s],
-                                     schedules)
+    locals_, schedules_vjp = jax.vjp(lambda s: [sch.local(draws[0]) for sch in s], schedules)
 
     def terms(params, locals_):
         def one(locals_i, *d):

@@ -268,24 +268,32 @@ class LearnedSchedule(AbstractLogSNRSchedule):
         self.logsnr_max, self.logsnr_min, self.t0, self.t1 = logsnr_max, logsnr_min, t0, t1
 
     def _h(self, u):
+        """h(u) and h'(u), elementwise in u."""
         sp = jax.nn.softplus
-        hidden = jax.nn.sigmoid(sp(self.w) * (2.0 * u - 1.0) + self.b)
-        return sp(self.c) * u + jnp.mean(sp(self.a) * hidden)
+        w, a, c = sp(self.w), sp(self.a), sp(self.c)
+        s = jax.nn.sigmoid(w * (2.0 * u[..., None] - 1.0) + self.b)
+        return c * u + s @ a / a.size, c + (s * (1.0 - s)) @ (2.0 * a * w) / a.size
+
+    def _n(self, t):
+        """n(t) and its rate dn/dt, elementwise in t (the rate written out: what `beta`'s
+        forward-mode derivative of `integral` gives, in one pass over the hidden units)."""
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        u = jnp.clip((t - self.t0) / (self.t1 - self.t0), 0.0, 1.0)
+        (h, slope), (h0, _), (h1, _) = self._h(u), self._h(jnp.zeros(())), self._h(jnp.ones(()))
+        rate = jnp.where((t > self.t0) & (t < self.t1), slope / (self.t1 - self.t0), 0.0)
+        return (h - h0) / (h1 - h0), rate / (h1 - h0)
 
     def network_time(self, t: Scalar) -> Array:
         """n(t) = (gamma(t) - gamma_0) / (gamma_1 - gamma_0) in [0, 1] on [t0, t1]."""
-        t = jnp.asarray(t, dtype=jnp.result_type(float))
-        u = jnp.clip((t - self.t0) / (self.t1 - self.t0), 0.0, 1.0)
-        h = jnp.vectorize(self._h)
-        h0, h1 = h(jnp.zeros(())), h(jnp.ones(()))
-        return (h(u) - h0) / (h1 - h0)
+        return self._n(t)[0]
 
-    def local(self, t: Scalar) -> LocalSchedule:
-        """This schedule as seen at one time `t` (a scalar): n(t) and n'(t), a `LocalSchedule`."""
-        t = jnp.asarray(t, dtype=jnp.result_type(float))
-        value, rate = jax.jvp(self.network_time, (t,), (jnp.ones_like(t),))
-        return LocalSchedule(at=t, value=value, rate=rate, logsnr_max=self.logsnr_max,
-                             logsnr_min=self.logsnr_min, t0=self.t0, t1=self.t1)
+    def local(self, t) -> LocalSchedule:
+        """This schedule as seen at the time `t`: n(t) and n'(t) as a `LocalSchedule` (for an
+        array of times, a batch of them, one per time)."""
+        value, rate = self._n(t)
+        return LocalSchedule(at=jnp.asarray(t, value.dtype), value=value, rate=rate,
+                             logsnr_max=self.logsnr_max, logsnr_min=self.logsnr_min, t0=self.t0,
+                             t1=self.t1)
 
 
 class LocalSchedule(AbstractLogSNRSchedule):
