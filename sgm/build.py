@@ -513,10 +513,16 @@ def load_run(workdir) -> Experiment:
     `exp.state.ema` is the model to evaluate; `exp.cfg`, `exp.ds`, `exp.preprocess` are the run's.
     """
     workdir = Path(workdir)
+    return experiment(run_config(workdir), ckpt_dir=workdir / "checkpoints", need_checkpoint=True)
+
+
+def run_config(workdir) -> Config:
+    """The config a `main.py` run wrote to `workdir`/config.json (not yet checked); raises
+    CheckpointError if there is none or it cannot be read."""
+    path = Path(workdir) / "config.json"
     try:
-        cfg = C.from_dict(json.loads((workdir / "config.json").read_text()))
+        return C.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"no config.json in {workdir}: not a work directory of main.py.") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{workdir / 'config.json'} is not a readable config ({e}).") from None
-    return experiment(cfg, ckpt_dir=workdir / "checkpoints", need_checkpoint=True)
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable config ({e}).") from None

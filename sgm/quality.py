@@ -350,17 +350,11 @@ def score_run(workdir, *, samples=None, cache_dir=None, progress: bool = True) -
     """Scores a run's samples (`samples` or WORKDIR/samples.npz), writes WORKDIR/quality.json and
     adds the numbers to WORKDIR/summary.json under "quality". Raises SGMError on bad input."""
     from . import build
-    from . import config as C
     from .checkpoint import write_atomic
     from .npz import oversized
 
     workdir = Path(workdir)
-    try:
-        cfg = C.from_dict(json.loads((workdir / "config.json").read_text()))
-    except FileNotFoundError:
-        raise ConfigError(f"no config.json in {workdir}: not a work directory of main.py.") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{workdir / 'config.json'} is not a readable config ({e}).") from None
+    cfg = build.run_config(workdir)
     build.check(cfg)
     ds = build.build_dataset(cfg)
     check_data(ds)
