@@ -15,7 +15,9 @@ standard error (`vs_first`, `vs_first_stderr`). Each record also holds the train
 `train.log_every` steps (`log`), the mean and standard deviation of one sample's term of the
 held-out loss estimator (`term_mean`, `term_std`: the bound and the noise the network's gradient
 sees per sample), and for a learned schedule its normalised -log SNR n(t) on a grid of t
-(`network_time`; the initial schedule is close to n(t) = t).
+(`network_time`; the initial schedule is close to n(t) = t). A recipe may also hold
+`bench.schedule_lr=S`, which scales a learned schedule's updates by S against the network's
+(0 holds the schedule at its initial shape); the JSON keeps each recipe's per-point NLLs.
 
 Table on stdout; JSON in bench/results/sweep_<config name>.json (one record per recipe).
 """
@@ -23,15 +25,18 @@ Table on stdout; JSON in bench/results/sweep_<config name>.json (one record per 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sgm import build, parallel, train
 from sgm import config as C
@@ -76,8 +81,20 @@ def estimator(exp, model, num: int, draws: int = 16) -> tuple[float, float]:
     return float(per.mean()), float(per.std())
 
 
-def run(cfg) -> dict:
+def scaled_schedule(exp, scale: float):
+    """`exp` whose optimiser scales the updates of its learned schedule's arrays by `scale`."""
+    model = exp.state.model
+    params = eqx.filter(model, eqx.is_inexact_array)
+    mask = eqx.tree_at(lambda m: m.sde.schedule, jax.tree_util.tree_map(lambda _: False, params),
+                       jax.tree_util.tree_map(lambda _: True, params.sde.schedule))
+    optimizer = optax.chain(exp.optimizer, optax.masked(optax.scale(scale), mask))
+    return dataclasses.replace(exp, optimizer=optimizer, state=train.init_state(model, optimizer))
+
+
+def run(cfg, schedule_lr: float | None = None) -> dict:
     exp = build.experiment(cfg)
+    if schedule_lr is not None:
+        exp = scaled_schedule(exp, schedule_lr)
     mesh = parallel.make_mesh()
     log = []
     t = time.perf_counter()
@@ -94,7 +111,7 @@ def run(cfg) -> dict:
     if exp.ds.log_prob is not None:  # data without a known density (moons) report the NLL only
         gap = -draws + np.asarray(exp.ds.log_prob(np.asarray(x), None), np.float64)
         rec.update(gap=float(gap.mean()), gap_stderr=float(gap.std() / math.sqrt(gap.size)))
-    rec["point_nll"] = -np.asarray(draws, np.float64)
+    rec["point_nll"] = (-np.asarray(draws, np.float64)).tolist()
     rec["term_mean"], rec["term_std"] = estimator(exp, state.ema, out["num"])
     rec["log"] = log
     schedule = getattr(state.ema.sde, "schedule", None)
@@ -122,7 +139,8 @@ def main(argv=None):
     base = C.override(C.load_file(args.config), args.set)
     rows, first = [], None
     for recipe in args.recipe or [""]:
-        sets = recipe.split()
+        sets = [s for s in recipe.split() if not s.startswith("bench.schedule_lr=")]
+        lr = [float(s.split("=")[1]) for s in recipe.split() if s.startswith("bench.schedule_lr=")]
         cfg = build.check(C.override(base, sets))
         per_step = None
         if args.budget is not None:
@@ -130,8 +148,10 @@ def main(argv=None):
             steps = max(int(args.budget / per_step), 100)
             cfg = C.override(cfg, [f"train.steps={steps}", f"train.ckpt_every={steps}"])
         rec = {"recipe": recipe or "(config)",
-               "step_ms": None if per_step is None else 1e3 * per_step, **run(cfg)}
-        nll = rec.pop("point_nll")
+               "step_ms": None if per_step is None else 1e3 * per_step,
+               **run(cfg, lr[0] if lr else None)}
+        nll = rec["point_nll"]
+        nll = np.asarray(nll)
         first = nll if first is None else first
         rec["vs_first"], rec["vs_first_stderr"] = paired(first, nll) if rows else (None, None)
         rows.append(rec)
