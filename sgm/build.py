@@ -28,7 +28,7 @@ import optax
 
 from . import checkpoint as ckpt
 from . import config as C
-from . import data, evaluate, likelihood, parallel, samplers, track, train
+from . import data, evaluate, likelihood, parallel, quality, samplers, track, train
 from .config import Config
 from .errors import CheckpointError, ConfigError, CorruptCheckpointError
 from .likelihood import DEQUANT_BOUNDS
@@ -411,7 +411,8 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False, mes
 
     First the checks, each once: `cfg` itself (`check`; not again with `checked=True`, for a config
     that passed it, as `load`'s does), that train.batch_size splits over the devices of `mesh` (when
-    given: the mesh `Experiment.train` will get), and over the training set and the processes.
+    given: the mesh `Experiment.train` will get), and over the training set and the processes,
+    and that sample.quality has labelled images to score.
     """
     if not checked:
         check(cfg)
@@ -419,6 +420,8 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False, mes
     if mesh is not None:
         parallel.check_batch(t.batch_size, mesh)
     ds = build_dataset(cfg)
+    if cfg.sample.quality:
+        quality.check_data(ds)
     data.loader.check_batches(ds.train.shape[0], t.batch_size, jax.process_index(),
                               jax.process_count(), what="train.batch_size")
     sde = build_sde(cfg)
@@ -523,6 +526,7 @@ def run_config(workdir) -> Config:
     try:
         return C.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise CheckpointError(f"no config.json in {workdir}: not a work directory of main.py.") from None
+        raise CheckpointError(f"no config.json in {workdir}: not a work directory of "
+                              f"main.py.") from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable config ({e}).") from None

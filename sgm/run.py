@@ -111,8 +111,6 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"to use it as it is, or choose another work directory.")
         if mode in ("sample", "all"):
             check_sample_memory(exp)
-            if cfg.sample.quality:
-                quality.check_data(exp.ds)
         summary = read_summary(exp, workdir)
         # input is valid: from here on files are written, by process 0 only, under the lock
         exp = prepare_workdir(exp, workdir, stack=stack, need_checkpoint=need,
@@ -378,17 +376,24 @@ def read_summary(exp: build.Experiment, workdir: Path) -> dict:
     """summary.json of the commands run before in `workdir` ({} if none), with this one's config
     name, dataset name and the data's entropy (None if unknown). Raises CheckpointError, leaving
     the file as it is, if it is not a JSON object."""
-    path = Path(workdir) / "summary.json"
-    summary = {}
-    if path.exists():
-        try:
-            summary = json.loads(path.read_text())
-        except (UnicodeDecodeError, ValueError):
-            summary = None
-        if not isinstance(summary, dict):
-            raise CheckpointError(f"{path} is damaged (expected a JSON object of the commands "
-                                  f"run before): restore it, or remove it to start a new summary.")
+    summary = load_summary(workdir)
     summary.update({"config": exp.cfg.name, "dataset": exp.ds.name, "entropy": exp.ds.entropy})
+    return summary
+
+
+def load_summary(workdir: Path) -> dict:
+    """summary.json in `workdir` as it is ({} if none); raises CheckpointError, leaving the file
+    as it is, if it is not a JSON object."""
+    path = Path(workdir) / "summary.json"
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path} is damaged (expected a JSON object of the commands "
+                              f"run before): restore it, or remove it to start a new summary.")
     return summary
 
 

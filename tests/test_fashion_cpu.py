@@ -40,6 +40,6 @@ def test_the_cpu_recipe_runs_end_to_end_on_the_real_files(tmp_path, monkeypatch)
     assert cond.tolist() == [i % 10 for i in range(20)]  # each class asked for in turn
     assert (work / "figs" / "samples.png").is_file() and (work / "figs" / "reverse.png").is_file()
     q = json.loads((work / "quality.json").read_text())
-    assert summary["quality"] == q and q["num"] == 20
+    assert summary["quality"] == q and q["num_samples"] == 20
     assert q["classifier_test_accuracy"] == info["test_accuracy"]  # the cached one was used
     assert 0 <= q["sample_accuracy"] <= 1 and q["frechet"] >= 0 and q["frechet_reference"] >= 0
