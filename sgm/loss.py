@@ -20,7 +20,8 @@ A learned noise schedule (`sgm.LearnedSchedule`, inside the SDE and so inside th
 trained by `dsm_loss` with the variance-reducing objective of Kingma et al. (2021, Section 5.3 and
 Appendix I.2): with fixed end points and likelihood weighting the expected loss is the same for
 every shape of the schedule, so the shape's parameters descend the mean square of the per-sample
-terms (the estimator's second moment) while everything else descends their mean.
+terms (the estimator's second moment; in `dsm_loss`, the log of the batch's mean square, which has
+the same minimiser and a gradient in relative units) while everything else descends their mean.
 """
 
 from __future__ import annotations
@@ -153,18 +154,23 @@ def _stop_where(tree, mask, value: bool):
 def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
     """Batch mean of `dsm_loss_per_sample` (same arguments): the training objective.
 
-    If `sde` (or `model`) holds a learned schedule, the value is the same but the schedule's
-    parameters get the gradient of half the mean square of the per-sample terms, and all other
-    parameters the gradient of their mean (the variance objective of Kingma et al. 2021, which
-    needs `weighting="likelihood"`):
+    If `sde` (or `model`) holds a learned schedule, the value is the same but all parameters other
+    than the schedule's get the gradient of the mean of the per-sample terms l_i, and the
+    schedule's parameters that of half the log of their mean square (the variance objective of
+    Kingma et al. 2021, which needs `weighting="likelihood"`):
 
-        d/d(net)   mean_i l_i,        d/d(schedule)   (1/2) mean_i l_i^2.
+        d/d(net)   mean_i l_i,        d/d(schedule)   (1/2) log mean_i l_i^2.
+
+    The log has the mean square's minimiser and makes the schedule's gradient relative, of order
+    one: the mean square's own grows with l^2 and, under a global gradient-norm clip, would take
+    the clip's whole budget from the network (docs/results/maximum-likelihood.md measures it).
 
     Both come from one forward and one backward pass of the network. A sample at time t_i sees
     the schedule only through n(t_i) and n'(t_i) (its normalised -log SNR and rate,
     `LearnedSchedule.local`), computed for the batch in one small pass of the schedule; the
     network's backward pass gives g_i = dl_i/d(n(t_i), n'(t_i)) with the bound's gradient, and
-    the schedule's gradient is the pull-back of l_i g_i / B through that small pass. So `model`
+    the schedule's gradient is the pull-back of l_i g_i / (B mean_j l_j^2) through that small
+    pass. So `model`
     must evaluate the schedule at the sample's own time only (a `ScoreModel` does); at any other
     time the schedule it is given there (`sgm.sde.LocalSchedule`) returns NaN.
     """
@@ -180,12 +186,12 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
 
 def _two_pass_loss(model, sde: AbstractSDE, x0, *, key, **options):
     """`dsm_loss` of a learned schedule by two passes (the bound with the schedule held fixed, the
-    second moment with everything else held fixed): the reference the fused pass is tested on."""
+    log of the second moment with everything else held fixed): the fused pass's reference."""
     pair = (model, sde)
     mask = _schedule_mask(pair)
     bound = jnp.mean(dsm_loss_per_sample(*_stop_where(pair, mask, True), x0, key=key, **options))
     per = dsm_loss_per_sample(*_stop_where(pair, mask, False), x0, key=key, **options)
-    second = 0.5 * jnp.mean(jnp.square(per))  # only the schedule's gradient comes from here
+    second = 0.5 * jnp.log(jnp.mean(jnp.square(per)))  # only the schedule's gradient is used
     return bound + second - jax.lax.stop_gradient(second)
 
 
@@ -248,8 +254,10 @@ def _fused_mean_bwd(residuals, grad_obj, perturbed, pair, x0, key, options):
     per, terms_vjp, schedules_vjp = residuals
     n = per.shape[0]
     g_params, g_locals = terms_vjp(jnp.full((n,), grad_obj / n, per.dtype))
-    # sample i's cotangents are (g/n) d per_i / d(n(t_i), n'(t_i)): weighted by per_i and pulled
-    # back through the schedules, they give g times the gradient of half the terms' mean square
-    (g_schedules,) = schedules_vjp(jax.tree_util.tree_map(lambda a: per * a, g_locals))
+    # sample i's cotangents are (g/n) d per_i / d(n(t_i), n'(t_i)): weighted by per_i / mean(per^2)
+    # and pulled back through the schedules, they give g times the gradient of half the log of
+    # the terms' mean square
+    weight = per / jnp.mean(jnp.square(per))
+    (g_schedules,) = schedules_vjp(jax.tree_util.tree_map(lambda a: weight * a, g_locals))
     _, _, rebuild = _split_schedules(pair)
     return rebuild(g_params, g_schedules, grads=True)

@@ -109,6 +109,28 @@ class Classifier(eqx.Module):
         return self.head(self.features(x))
 
 
+def new_classifier(shape: tuple[int, int, int], num_classes: int, *, seed: int = 0) -> Classifier:
+    """A `Classifier` with Equinox's initial weights (uniform within 1/sqrt(fan-in), group norms
+    at 1 and 0), drawn by numpy from `seed`: a CPU compiles a random-number program for each
+    layer's shape otherwise, which takes longer than a short training."""
+    rng = np.random.default_rng(seed)
+    like = eqx.filter_eval_shape(Classifier, tuple(shape), num_classes, key=jax.random.key(0))
+
+    def fill(layer):
+        w, b = layer.weight, layer.bias
+        if isinstance(layer, eqx.nn.GroupNorm):
+            values = (np.ones(w.shape), np.zeros(b.shape))
+        else:
+            bound = 1.0 / np.sqrt(np.prod(w.shape[1:]))
+            values = (rng.uniform(-bound, bound, w.shape), rng.uniform(-bound, bound, b.shape))
+        return eqx.tree_at(lambda m: (m.weight, m.bias), layer,
+                           tuple(jnp.asarray(v, np.float32) for v in values))
+
+    return eqx.tree_at(lambda m: (m.convs, m.norms, m.feature, m.head), like,
+                       ([fill(c) for c in like.convs], [fill(n) for n in like.norms],
+                        fill(like.feature), fill(like.head)))
+
+
 # ------------------------------------------------------------------------------------ the maths
 
 
@@ -209,8 +231,7 @@ def train_classifier(images, labels, *, levels: int | None, num_classes: int, st
         raise DataError(f"a classifier trains on images (N, C, H, W) with labels (N,) in "
                         f"[0, {num_classes}), got images {x.shape} and labels {y.shape}.")
     key = jax.random.key(seed)
-    init_key, key = jax.random.split(key)
-    clf = Classifier(x.shape[1:], num_classes, key=init_key)
+    clf = new_classifier(x.shape[1:], num_classes, seed=seed)
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
     opt = optax.adamw(schedule, weight_decay=WEIGHT_DECAY)
     state = opt.init(eqx.filter(clf, eqx.is_array))
@@ -344,8 +365,8 @@ def load_classifier(path, expected: dict) -> tuple[Classifier, dict]:
             if not (isinstance(acc, float | int) and 0 <= acc <= 1):
                 raise DataError(f"{path} has a damaged header (its test_accuracy is {acc!r}, "
                                 f"expected a fraction): remove it to train it again.")
-            like = Classifier(tuple(expected["shape"]), expected["num_classes"],
-                              key=jax.random.key(0))
+            like = eqx.filter_eval_shape(Classifier, tuple(expected["shape"]),
+                                         expected["num_classes"], key=jax.random.key(0))
             try:
                 clf = eqx.tree_deserialise_leaves(f, like)
                 rest = f.read(1)
@@ -600,9 +621,9 @@ def main(argv=None) -> int:
 
 __all__ = ["Classifier", "accuracy", "apply", "cache_folder", "cache_path", "check_data",
            "check_samples", "classifier_for", "data_hash", "describe", "expected_header",
-           "feature_stats", "frechet_distance", "load_classifier", "main", "read_header",
-           "read_samples", "reference_picks", "save_classifier", "score", "score_run",
-           "train_classifier"]
+           "feature_stats", "frechet_distance", "load_classifier", "main", "new_classifier",
+           "read_header", "read_samples", "reference_picks", "save_classifier", "score",
+           "score_run", "train_classifier"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,6 @@ import types
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import numpy as np
 import pytest
 
@@ -87,7 +86,7 @@ def test_frechet_distance_of_singular_covariances():
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 12)])  # 8x12 ends at 4x6, resized
 def test_the_classifier_takes_images_of_any_size(shape):
-    clf = quality.Classifier(shape, 5, key=jax.random.key(0))
+    clf = quality.new_classifier(shape, 5)
     x = np.random.default_rng(0).uniform(size=(3, *shape)).astype(np.float32)
     logits, feats = quality.apply(clf, x)
     assert logits.shape == (3, 5) and feats.shape == (3, quality.FEATURES)
@@ -137,7 +136,7 @@ def test_training_and_the_cache(squares, tmp_path, monkeypatch):
 
     def fake_training(images, labels, *, levels, num_classes, steps, progress):
         calls.append(steps)
-        return quality.Classifier(images.shape[1:], num_classes, key=jax.random.key(1))
+        return quality.new_classifier(images.shape[1:], num_classes, seed=1)
 
     monkeypatch.setattr(quality, "train_classifier", fake_training)
     clf, info = quality.classifier_for(squares, cache_dir=tmp_path / "new", steps=7)
