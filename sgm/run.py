@@ -424,10 +424,19 @@ def samples_figure(ds, x: np.ndarray, path: Path, title: str, cond=None) -> Path
     if len(ds.shape) == 3:
         imgs = x.astype("float32") / (ds.levels - 1) if ds.levels else x
         lo, hi = (0.0, 1.0) if ds.levels else (float(ds.test.min()), float(ds.test.max()))
-        nrow = None  # conditions cycle (labels 0, 1, ...; the first 8 test parameters): a column each
+        nrow = None  # conditions cycle (the first 8 test parameters): a column each
+        if cond is not None and np.ndim(cond) == 1 and ds.num_classes:  # labels: a row each
+            labels = np.asarray(cond)
+            classes = np.unique(labels)
+            per = min(min(int(np.sum(labels == k)) for k in classes), max(8, 64 // len(classes)))
+            order = np.concatenate([np.flatnonzero(labels == k)[:per] for k in classes])
+            imgs, nrow = imgs[order], per
+            title += " (row i: label " + ("i" if np.array_equal(classes, np.arange(len(classes)))
+                                         else ", ".join(str(k) for k in classes)) + ")"
+            return plot.sample_grid(imgs, path, nrow=nrow, lo=lo, hi=hi, title=title)
         if cond is not None and np.ndim(cond) <= 2:
-            nrow = ds.num_classes or 8
-            title += f" (column j: {'label j' if ds.num_classes else 'parameters of test field j'})"
+            nrow = 8
+            title += " (column j: parameters of test field j)"
         if cond is not None and np.ndim(cond) == 4:  # the first 8 test points' conditioning images
             nrow = min(8, len(imgs))
             title += " (row 1: conditions; column j: samples given condition j)"

@@ -93,3 +93,17 @@ def test_config_trains_two_steps(name, tmp_path):
     assert run.main(ROOT / "configs" / f"{name}.py", workdir=tmp_path / "run", mode="train",
                     progress=False, sets=_overrides(name, tmp_path)) == 0
     assert (tmp_path / "run" / "checkpoints" / "ckpt_000000002.npz").is_file()
+
+
+def test_the_fashion_cpu_recipe_takes_mnist_from_data_root(tmp_path):
+    """configs/fashion_mnist_cpu.py with `data.name=mnist data.root=DIR` (MNIST's four idx files):
+    the same class-conditional network, ten classes, 28x28, built with every check."""
+    _fake_data("mnist", tmp_path / "data", np.random.default_rng(0))
+    sets = ["data.name=mnist", f"data.root={tmp_path / 'data'}", "data.n_test=2",
+            "train.batch_size=2"]
+    cfg = C.override(C.load_file(ROOT / "configs" / "fashion_mnist_cpu.py"), sets)
+    exp = build.experiment(cfg)
+    assert exp.ds.name == "mnist" and exp.ds.shape == (1, 28, 28) and exp.ds.num_classes == 10
+    out = jax.eval_shape(lambda x, c: exp.state.model(jnp.float32(0.5), x, **exp.cond(c)),
+                         jnp.zeros(exp.ds.shape, jnp.float32), exp.ds.train_cond[0])
+    assert out.shape == (1, 28, 28)

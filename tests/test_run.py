@@ -386,6 +386,22 @@ def test_samples_figure_of_each_kind_of_data(tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_label_conditioned_samples_are_drawn_a_class_a_row(tmp_path, monkeypatch):
+    """Samples drawn for labels 0, 1, 2, ... cycling: row i of the grid holds label i's."""
+    from sgm import plot
+
+    seen = {}
+    monkeypatch.setattr(plot, "sample_grid", lambda imgs, path, *, nrow, title, **kw:
+                        seen.update(imgs=np.asarray(imgs), nrow=nrow, title=title) or path)
+    ds = types.SimpleNamespace(shape=(1, 4, 4), levels=None, num_classes=3,
+                               test=np.zeros((2, 1, 4, 4)))
+    labels = np.arange(14) % 3  # 5, 5 and 4 of each: four a row
+    x = np.broadcast_to(labels[:, None, None, None], (14, 1, 4, 4)).astype(np.float64)
+    run.samples_figure(ds, x, tmp_path / "s.png", "s", labels)
+    assert seen["nrow"] == 4 and "row i: label i" in seen["title"]
+    np.testing.assert_array_equal(seen["imgs"][:, 0, 0, 0], np.repeat([0, 1, 2], 4))
+
+
 @pytest.mark.parametrize("kind", ["label", "param", "image", None])
 def test_reverse_figure_shows_eight_frames_and_each_condition(tmp_path, monkeypatch, kind):
     """Frames equally spaced in log-SNR, in data units; each sample's condition as its label."""
