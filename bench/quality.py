@@ -8,8 +8,10 @@ For each sampler and step count it draws `--num` conditional samples of the run'
 0, 1, 2, ... cycling, the run's guidance), and scores them with the offline classifier of
 `sgm.quality` (trained once on the run's training images and cached): the fraction recognised as
 the class they were drawn for, and the Fréchet distance between their classifier features and the
-test set's. The reference row is the same score for real training images standing in for the
-samples (same count), which is as good as a sampler can get. Wall time per row is on this machine.
+test set's. Each row carries its reference: the same numbers for real training images in the
+samples' place (as many, with as many of each class; the mean and standard deviation over
+`sgm.quality`'s reference draws), which is where a perfect sampler would land. The "real" row is
+one more such draw, scored as if it were samples. Wall time per row is on this machine.
 Table on stdout; JSON in bench/results/quality_<run name>.json.
 """
 
@@ -41,6 +43,8 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
+    out = args.out or RESULTS / f"quality_{args.run.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     exp = build.load_run(args.run)
     model = exp.state.ema
     clf, info = quality.classifier_for(exp.ds)
@@ -51,15 +55,24 @@ def main(argv=None):
         s = quality.score(clf, x, labels, exp.ds, test_accuracy=info["test_accuracy"])
         r = dict(label=label, method=method, steps=steps, nfe=nfe, num=num, seconds=seconds,
                  accuracy=s["sample_accuracy"], frechet=s["frechet"],
-                 frechet_reference=s["frechet_reference"])
+                 frechet_reference=s["frechet_reference"],
+                 frechet_reference_std=s["frechet_reference_std"],
+                 reference_accuracy=s["reference_accuracy"])
         rows.append(r)
+        out.write_text(json.dumps({  # after every row: a long table stopped early keeps its rows
+            "run": str(args.run), "classifier_test_accuracy": info["test_accuracy"],
+            "guidance": exp.cfg.sample.guidance, "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
         print(f"{label:>10} {str(steps):>5} {nfe:>5} {num:>5} {seconds:8.1f}s  "
-              f"acc {r['accuracy']:.3f}  FD {r['frechet']:8.3f}  (real {r['frechet_reference']:.3f})",
+              f"acc {r['accuracy']:.3f}  FD {r['frechet']:8.3f}  (real {r['frechet_reference']:.3f} "
+              f"± {r['frechet_reference_std']:.3f}, acc {r['reference_accuracy']:.3f})",
               flush=True)
 
     print(f"{'sampler':>10} {'steps':>5} {'nfe':>5} {'num':>5} {'time':>9}")
-    # the reference: real training images in the samples' place (another draw than score's own)
-    pick = np.random.default_rng(1).choice(exp.ds.train.shape[0], args.num, replace=False)
+    # real training images in the samples' place, with the samples' labels (0, 1, 2, ... cycling)
+    # and another draw than the references `score` averages over
+    cycling = np.arange(args.num) % exp.ds.num_classes
+    (pick,) = quality.reference_picks(exp.ds, cycling, args.num, seed=1000)
     row("real", None, None, args.num, exp.ds.train[pick], exp.ds.train_cond[pick], 0.0, 0)
     plan = [(m, n) for m in args.methods for n in args.nfe]
     if args.em:
@@ -72,12 +85,6 @@ def main(argv=None):
         row(method, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
             int(sinfo["nfe"]))
 
-    out = args.out or RESULTS / f"quality_{args.run.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "run": str(args.run), "classifier_test_accuracy": info["test_accuracy"],
-        "guidance": exp.cfg.sample.guidance, "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
     print(f"-> {out}")
 
 
