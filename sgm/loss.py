@@ -162,8 +162,8 @@ def dsm_loss(model, sde: AbstractSDE, x0, *, key, **options):
         d/d(net)   mean_i l_i,        d/d(schedule)   (1/2) log mean_i l_i^2.
 
     The log has the mean square's minimiser and makes the schedule's gradient relative, of order
-    one: the mean square's own grows with l^2 and, under a global gradient-norm clip, would take
-    the clip's whole budget from the network (docs/results/maximum-likelihood.md measures it).
+    one: the mean square's own grows with l^2 and, under a global gradient-norm clip, can take
+    most of the clip's budget from the network.
 
     Both come from one forward and one backward pass of the network. A sample at time t_i sees
     the schedule only through n(t_i) and n'(t_i) (its normalised -log SNR and rate,
