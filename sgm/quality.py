@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from .errors import ConfigError, DataError, SGMError
+from .nets.conv import conv2d
 
 #: the classifier's architecture: channels of the conv stages (two 3x3 convolutions each; the
 #: first of a stage halves the size while it is at least 8, 16 for the first stage: 28 -> 14 -> 7
@@ -99,7 +100,7 @@ class Classifier(eqx.Module):
         """The feature vector `(features,)` of one image `(C, H, W)` in [0, 1]."""
         h = 2.0 * x - 1.0
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = jax.nn.silu(norm(conv(h)))
+            h = jax.nn.silu(norm(conv2d(conv, h)))
         if h.shape[1:] != (self.grid, self.grid):
             h = jax.image.resize(h, (h.shape[0], self.grid, self.grid), "linear", antialias=True)
         return jax.nn.silu(self.feature(h.reshape(-1)))

@@ -18,7 +18,7 @@ import pytest
 
 from sgm.errors import ConfigError
 from sgm.conditioning import Conditioning, drop_labels
-from sgm.nets import MLP, AbstractScoreNet, DiT, UNet, param_count
+from sgm.nets import MLP, AbstractScoreNet, DiT, UNet, conv2d, param_count
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 
 NETS = ["mlp", "unet", "dit"]
@@ -180,6 +180,28 @@ def test_unet_image_sizes(channels, size, mults):
     assert out.shape == (2, *x.shape)
     assert bool(jnp.all(jnp.isfinite(out)))
     assert float(jnp.abs(out[1, :, -1, -1] - out[0, :, -1, -1]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("kw", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, padding=1, padding_mode="CIRCULAR"),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=1, use_bias=False),
+    dict(kernel_size=3, padding=((2, 1), (0, 2)), dilation=2),
+    dict(kernel_size=3, padding=1, groups=4, padding_mode="REFLECT"),
+])
+def test_conv2d_is_the_layer_computed_channels_last(kw):
+    """`conv2d(layer, x)` (channels-last, fast in XLA:CPU loops) equals Equinox's `layer(x)`,
+    also in a vmapped batch and under a scan (the samplers' setting)."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    layer = eqx.nn.Conv2d(8, 12, key=k1, **kw)
+    x = jax.random.normal(k2, (3, 8, 9, 11))
+    want = jax.vmap(layer)(x)
+    got = jax.vmap(lambda x: conv2d(layer, x))(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    in_scan = jax.lax.scan(lambda c, x: (c, conv2d(layer, x)), 0, x)[1]
+    np.testing.assert_allclose(in_scan, want, atol=1e-5)
 
 
 def test_mlp_on_images_is_the_mlp_on_their_flattened_vector():

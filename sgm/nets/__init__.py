@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from sgm.nets.base import AbstractScoreNet
+from sgm.nets.conv import conv2d
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 from sgm.nets.mlp import MLP
 from sgm.nets.transformer import DiT
@@ -30,6 +31,7 @@ __all__ = [
     "DiT",
     "TimeEmbedding",
     "UNet",
+    "conv2d",
     "param_count",
     "time_features",
 ]
