@@ -52,6 +52,9 @@ from sgm.data.toy import eight_gaussians_mixture
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers.json"
 SDES = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "subvp": sgm.SubVPSDE}
 FEW = ("ddim", "heun", "dpm2m", "dpm3m", "unipc", "ipndm")  # the few-step methods
+#: methods also run on levels searched for the problem's score (`sgm.step_search`), as "<m>+gits"
+SEARCHED = ("ipndm", "unipc", "dpm2m")
+SEARCH = {"num": 256, "fine": 100}  # warm-up trajectories and candidate levels of the search
 TARGETS = (5, 10, 20, 50)
 FULL_TARGETS = (5, 10, 20, 50, 200, 1000)
 QUICK_TARGETS = (5, 20)
@@ -109,6 +112,8 @@ def ladder(method, targets):
 def plan(targets, full, rtols):
     """(label, method, steps, options) of every row."""
     runs = [(m, m, s, o) for m in FEW for s, o in ladder(m, targets)]
+    runs += [(f"{m}+gits", m, s, {"grid": "searched"}) for m in SEARCHED
+             for s, _ in ladder(m, targets) if s >= 2]
     if full:
         runs = [(m, m, s, o) for m in ("em", "pc", "ddpm") for s, o in ladder(m, FULL_TARGETS)] + runs
         runs += [("ode", "ode", None, {"rtol": r, "atol": r, "denoise": True}) for r in rtols]
@@ -132,13 +137,20 @@ def run_problem(name, gm, sde, n, runs, n_dirs, log):
                  **{m: float(np.mean([f[m] for f in floors])) for m in floors[0]})]
     for label, method, steps, opts in runs:
         opts = dict(opts)
+        search = {}
+        if opts.get("grid") == "searched":  # GITS-style levels for this score and step count
+            t0 = time.perf_counter()
+            opts["grid"] = sgm.search_grid(score, sde, (dim,), key=jax.random.key(2),
+                                                       steps=steps, **SEARCH)
+            search = {"search_s": time.perf_counter() - t0,
+                      "search_nfe": SEARCH["num"] * SEARCH["fine"]}
         t0 = time.perf_counter()
         x, info = sgm.sample(score, sde, (dim,), key=jax.random.key(0), num=n, method=method,
                              steps=steps, **opts)
         x = jax.block_until_ready(x)
         row = dict(problem=name, method=method, label=label, steps=steps, nfe=int(info["nfe"]),
                    options=opts, **metrics(x, exact, dirs, mean, std),
-                   wall_s=time.perf_counter() - t0)
+                   wall_s=time.perf_counter() - t0, **search)
         if method == "ode":
             row["rtol"] = opts["rtol"]
         rows.append(row)
@@ -154,7 +166,7 @@ def target_check(rows):
         mine = [r for r in rows if r["problem"] == problem]
         floor = next(r for r in mine if r["method"] == "floor")
         em = next(r for r in mine if r["method"] == "em" and r["steps"] == 1000)
-        for method in FEW:
+        for method in FEW + tuple(f"{m}+gits" for m in SEARCHED):
             few = [r for r in mine if r["label"] == method and r["nfe"] <= 20]
             if not few:
                 continue
@@ -180,14 +192,14 @@ def target_check(rows):
 def print_table(rows):
     for problem in dict.fromkeys(r["problem"] for r in rows):
         print(f"\n{problem}")
-        print(f"  {'method':<8}{'steps':>7}{'nfe':>6}{'sw':>10}{'mean':>10}{'std':>10}"
+        print(f"  {'method':<11}{'steps':>7}{'nfe':>6}{'sw':>10}{'mean':>10}{'std':>10}"
               f"{'wall s':>8}")
         for r in rows:
             if r["problem"] != problem:
                 continue
             steps = f"{r['rtol']:.0e}" if r["method"] == "ode" else (r["steps"] or "-")
             wall = f"{r['wall_s']:8.1f}" if "wall_s" in r else " " * 8
-            print(f"  {r['label']:<8}{steps:>7}{r['nfe']:>6}{r['sw']:>10.4f}{r['mean']:>10.4f}"
+            print(f"  {r['label']:<11}{steps:>7}{r['nfe']:>6}{r['sw']:>10.4f}{r['mean']:>10.4f}"
                   f"{r['std']:>10.4f}{wall}")
 
 
@@ -268,11 +280,11 @@ def main():
         met = "met" if c["met"] else "NOT met"
         if "verdict" in c:
             v = " ".join(f"{m}={c['verdict'][m]}" for m in ("sw", "mean", "std"))
-            print(f"  {c['problem']:<8}{c['method']:<6} nfe={c['nfe']:<3} sw {c['sw']:.4f} vs "
+            print(f"  {c['problem']:<8}{c['method']:<11} nfe={c['nfe']:<3} sw {c['sw']:.4f} vs "
                   f"{c['em_sw']:.4f}, mean {c['mean']:.4f} vs {c['em_mean']:.4f}, std "
                   f"{c['std']:.4f} vs {c['em_std']:.4f}: {v} -> {met}")
         else:
-            print(f"  {c['problem']:<8}{c['method']:<6} nfe={c['nfe']:<4} std {c['std']:.4f} = "
+            print(f"  {c['problem']:<8}{c['method']:<11} nfe={c['nfe']:<4} std {c['std']:.4f} = "
                   f"{c['ratio']:.2f} x floor {c['floor_std']:.4f} -> {met}")
     print(f"total {total:.0f} s")
 

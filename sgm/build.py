@@ -36,6 +36,8 @@ from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .conditioning import Conditioning
 from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
+from .sigma_solvers import GRIDS
+from .step_search import search_grid
 from .sde import (
     CosineSchedule,
     LearnedSchedule,
@@ -122,6 +124,7 @@ CHOICES = {
     "train.reduce": REDUCTIONS,
     "train.on_nan": ("stop", "skip"),
     "sample.method": tuple(samplers.SAMPLERS),
+    "sample.grid": ("", *GRIDS, "searched"),  # "": the method's own levels
     "likelihood.dequant_bound": DEQUANT_BOUNDS,
     "likelihood.dequant": data.transforms.DEQUANTS,
     "likelihood.solver": likelihood.SOLVERS,
@@ -138,7 +141,8 @@ def check(cfg: Config) -> Config:
         section, field = key.split(".")
         value = getattr(getattr(cfg, section), field)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is invalid: expected one of {', '.join(allowed)}.")
+            names = ", ".join(a if a else '""' for a in allowed)
+            raise ConfigError(f"{key}={value!r} is invalid: expected one of {names}.")
     track.check(cfg.train.log_to)  # known names, their packages installed
     if cfg.model.periodic and cfg.model.net != "unet":
         raise ConfigError(f"model.periodic=True needs model.net='unet', got {cfg.model.net!r}.")
@@ -152,6 +156,7 @@ def check(cfg: Config) -> Config:
         raise ConfigError("sde.schedule='learned' is trained on the variational bound: set "
                           "train.weighting=likelihood.")
     build_sde(cfg)  # the SDE checks its own parameters
+    sample_options(cfg)  # the sampler takes the options set
     return cfg
 
 
@@ -244,6 +249,12 @@ def sample_options(cfg: Config) -> dict:
     s = cfg.sample
     spec = samplers.SAMPLERS[s.method]
     opts = {k: getattr(s, k) for k in spec.options if hasattr(s, k)}  # e.g. pc's snr, ddim's eta
+    if s.grid and "grid" not in spec.options:
+        with_grid = ", ".join(m for m, e in samplers.SAMPLERS.items() if "grid" in e.options)
+        raise ConfigError(f"sample.grid={s.grid!r} does not apply to sample.method={s.method!r}; "
+                          f"the methods with noise-level grids are {with_grid}")
+    if opts.get("grid") in ("", "searched"):  # the method's default; searched: Experiment.samples
+        del opts["grid"]
     steps = None if spec.default_steps is None else s.steps
     return dict(method=s.method, steps=steps, t_end=s.t_end, **opts)
 
@@ -359,22 +370,62 @@ class Experiment:
             return np.arange(num) % self.ds.num_classes
         return self.ds.test_cond[np.arange(num) % min(8, self.ds.test.shape[0])]
 
+    def sampling_score(self, model):
+        """What the samplers integrate: `model`, or its guided score at `sample.guidance`."""
+        if self.conditioning.guidable:
+            return GuidedScore(model, None, self.ds.num_classes, self.cfg.sample.guidance)
+        return model
+
+    def searched_grid(self, model, *, steps: int, t_end: float | None = None,
+                      cache_dir: Path | None = None) -> tuple[float, ...]:
+        """`steps` noise levels searched on the (guided) model's own trajectories
+        (`sgm.search_grid`, `SEARCH_WARMUP` draws with the sample conditions, over
+        `SEARCH_CANDIDATES` levels). With `cache_dir` the levels are kept in
+        `cache_dir/grid-<steps>-<t_end>-<model digest>.json` and read back by the next call for the
+        same weights, guidance and step count, so a run searches once."""
+        s = self.cfg.sample
+        cache = None
+        if cache_dir is not None:
+            digest = ckpt.tree_digest(model)[:16]
+            cache = Path(cache_dir) / f"grid-{steps}-{t_end}-g{s.guidance:g}-{digest}.json"
+            if cache.exists():
+                try:
+                    levels = tuple(float(v) for v in json.loads(cache.read_text())["levels"])
+                    if len(levels) == steps:
+                        return levels
+                except (ValueError, KeyError, TypeError):
+                    pass  # unreadable: search again and replace it
+        raw = self.sample_conditions(SEARCH_WARMUP)
+        levels = search_grid(self.sampling_score(model), model.sde, self.ds.shape,
+                             key=jax.random.fold_in(jax.random.key(self.cfg.sample.seed), 7),
+                             steps=steps, num=SEARCH_WARMUP, fine=SEARCH_CANDIDATES, t_end=t_end,
+                             cond=self.cond(raw), clip=self.preprocess.clip)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_atomic(cache, json.dumps({"levels": levels, "steps": steps,
+                                                 "t_end": t_end, "guidance": s.guidance}) + "\n")
+        return levels
+
     def samples(self, model, *, num: int | None = None, mesh=None,
-                between: Callable[[], None] | None = None, **overrides):
+                between: Callable[[], None] | None = None, cache_dir: Path | None = None,
+                **overrides):
         """`(samples in data units, info, raw conditions)` with the config's sampler.
 
         More than `SAMPLE_CHUNK` samples are drawn in chunks of that many (the k-th from the
         sample key folded with k), so memory is bounded by a chunk; `between()` is called between
-        chunks (e.g. to stop on a signal)."""
+        chunks (e.g. to stop on a signal). With `sample.grid="searched"` the levels come from
+        `searched_grid` (kept in `cache_dir` when given)."""
         s = self.cfg.sample
         num = s.num if num is None else num
         ndev = 1 if mesh is None else mesh.devices.size
         total = num + -num % ndev
         raw = self.sample_conditions(total)
-        score = model
-        if self.conditioning.guidable:
-            score = GuidedScore(model, None, self.ds.num_classes, s.guidance)
+        score = self.sampling_score(model)
         opts = {**sample_options(self.cfg), **overrides}
+        if s.grid == "searched" and "grid" not in overrides and opts["steps"] is not None \
+                and "grid" in samplers.SAMPLERS[opts["method"]].options:
+            opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=opts["t_end"],
+                                              cache_dir=cache_dir)
         key = jax.random.key(s.seed)
         chunk = max(ndev, SAMPLE_CHUNK - SAMPLE_CHUNK % ndev)
         if total <= chunk:
@@ -398,6 +449,8 @@ class Experiment:
 
 #: samples drawn at once by `Experiment.samples`; more are drawn in chunks of this many
 SAMPLE_CHUNK = 16384
+#: warm-up trajectories and candidate noise levels of `Experiment.searched_grid` (`sgm.search_grid`)
+SEARCH_WARMUP, SEARCH_CANDIDATES = 256, 100
 
 
 def _loss(model, x, cond, key, *, options):

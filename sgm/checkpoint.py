@@ -12,6 +12,7 @@ final name (atomic on POSIX), so a crash at any moment leaves either the old or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -93,6 +94,17 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Writes text or bytes to `path` atomically (see `atomic_open`)."""
     with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
         f.write(data)
+
+
+def tree_digest(tree) -> str:
+    """SHA-256 (hex) of a pytree's array leaves (shapes, dtypes and bytes, in order): equal for
+    equal weights, so results computed from a model can be cached under it."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array)):
+        a = np.asarray(leaf)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *, keep: int = 2) -> Path:

@@ -111,6 +111,8 @@ class SampleConfig:
     guidance: float = 0.0
     seed: int = 1
     quality: bool = False  # labelled images: score the samples offline (sgm.quality)
+    grid: str = ""  # few-step samplers' noise levels: "" (the method's own), karras, logsnr, time,
+    #                 or "searched" on the model's trajectories (sgm.search_grid, cached in the run)
 
 
 @dataclass(frozen=True)

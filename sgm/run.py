@@ -10,6 +10,7 @@ process 0 only (`main_process`), each one whole or not at all:
     checkpoints/      the train state on train.ckpt_every       `train_phase`
     metrics.jsonl     training and held-out records (and tensorboard/, wandb/ with train.log_to)
     samples.npz       samples, and their conditions             `sample_phase`
+    grid-*.json       levels searched with sample.grid=searched `build.Experiment.searched_grid`
     likelihood.json   the held-out likelihood                   `likelihood_phase`
     summary.json      times, NFEs, losses, the likelihood       `read_summary`, `write_summary`
     figs/             training.png, samples.png, reverse.png (images and fields), density.png (2-D)
@@ -293,7 +294,7 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
     trackers = track.Trackers() if trackers is None else trackers
     t0 = time.perf_counter()
     with _bar(progress, f"sample ({cfg.sample.method})", "step") as b:
-        x, info, cond = exp.samples(model, mesh=mesh, progress=b,
+        x, info, cond = exp.samples(model, mesh=mesh, progress=b, cache_dir=workdir,
                                     between=lambda: stop_if_signalled(flag, "while sampling"))
     stop_if_signalled(flag, "while sampling")
     out = {"sample_seconds": time.perf_counter() - t0, "sample_nfe": int(info["nfe"])}
@@ -493,7 +494,8 @@ def reverse_figure(exp: build.Experiment, model, *, mesh, path: Path,
     from . import plot
 
     ds = exp.ds
-    _, info, cond = exp.samples(model, num=8, mesh=mesh, return_path=True)
+    _, info, cond = exp.samples(model, num=8, mesh=mesh, return_path=True,
+                                cache_dir=Path(path).parent.parent)
     traj = parallel.gather(info["path"])[:, :8]  # (T, 8, C, H, W) in model space
     times = np.asarray(info["path_t"])
     idx = plot.pick_frames(np.asarray(model.sde.log_snr(times)), 8)

@@ -56,7 +56,14 @@ def sigma_grid(sde: AbstractSDE, t_end, n: int, grid: str = "karras", rho: float
     - "logsnr": uniform in the log-SNR `sde.log_snr` = -2 log sigma, i.e. geometric in sigma
       (Lu et al.).
     - "time":   uniform in t.
+    - a sequence of n decreasing positive levels, used as given (e.g. `sgm.step_search`'s).
     """
+    if not isinstance(grid, str):
+        levels = np.asarray(grid, dtype=np.float64)
+        if levels.shape != (n,) or not np.all(levels > 0) or not np.all(np.diff(levels) < 0):
+            raise ConfigError(f"a grid of noise levels must be {n} decreasing positive numbers "
+                              f"(one per step), got {tuple(np.round(levels, 6).tolist())}")
+        return jnp.asarray(levels, jnp.result_type(float))
     if grid not in GRIDS:
         raise ConfigError(f"unknown noise-level grid {grid!r}; expected one of {', '.join(GRIDS)}")
     if grid == "karras" and not rho > 0:

@@ -1,0 +1,138 @@
+"""Noise levels for few-step sampling searched on the model's own trajectories (GITS-style).
+
+A few-step solver's error depends on where its N levels lie. Fixed rules (uniform in log-SNR,
+Karras's rho = 7) are guesses about where a model's probability-flow trajectories bend; this module
+measures it instead (Chen, Zhou, Yuan, Zhang, Zou & Ye, "On the Trajectory Regularity of ODE-based
+Diffusion Sampling", ICML 2024):
+
+1. warm-up trajectories: `num` prior draws solved accurately (iPNDM of order 4) through `fine`
+   candidate levels uniform in log-SNR, from sigma(t1) to sigma(t_end), recording at every
+   candidate level the state y and the derivative d = dy/dsigma (`sgm.sigma_solvers`' scale-free
+   variables, so the same for VP, SubVP and VE);
+2. the cost of jumping from candidate i straight to candidate j in one step, the error of that
+   Euler step against the warm-up trajectory at j, RMS over coordinates and mean over draws:
+       C[i, j] = mean_n rms(y_j - y_i - (sigma_j - sigma_i) d_i) / sqrt(1 + sigma_j^2),
+   the division putting the error in units of the rescaled state x / sqrt(scale^2 + std^2) of
+   unit-variance data, so that errors at large sigma, which the flow shrinks on the way down,
+   are not overweighted;
+3. dynamic programming over the candidates for the path from the first to the last with exactly
+   N - 1 jumps and the least total cost: the N levels.
+
+It costs `num * fine` score evaluations once per model, sampler step count and end time; the
+result is a tuple of N noise levels that every few-step sampler takes as its `grid`
+(`sgm.sample(..., method="ipndm", steps=N, grid=levels)`). The cost is the first-order step's, for
+every sampler: higher-order steps inherit the levels (as in the paper, which reports it with iPNDM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import ConfigError, NumericalError
+from .samplers import BatchedScore
+from .sde import AbstractSDE
+from .sigma_solvers import AB_WEIGHTS, _denoiser, sigma_grid
+
+
+def warmup_trajectories(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key,
+                        num: int, fine: int, t_end: float, cond: dict | None = None,
+                        clip: tuple[float, float] | None = None):
+    """(levels (fine,), y (fine, num, *shape), d (fine, num, *shape)) of iPNDM-4 on `fine` log-SNR
+    levels from sigma(t1) to sigma(t_end): the state and dy/dsigma at every level."""
+    sig = sigma_grid(sde, t_end, fine, "logsnr")
+    denoiser = _denoiser(BatchedScore(score, cond), sde, clip)
+    orders = np.minimum(4, np.arange(fine) + 1)
+    weights = jnp.asarray(AB_WEIGHTS[orders - 1])
+    sig_next = jnp.concatenate([sig[1:], sig[-1:]])  # the last level takes no step
+
+    def body(carry, inp):
+        y, d1, d2, d3 = carry
+        s, s_next, w = inp
+        d = (y - denoiser(s, y)) / s
+        out = (y, d)
+        y = y + (s_next - s) * (w[0] * d + w[1] * d1 + w[2] * d2 + w[3] * d3)
+        return (y, d, d1, d2), out
+
+    y1 = sde.prior_sample(key, (num, *shape)) / sde.scale(sde.t1)
+    zero = jnp.zeros_like(y1)
+    _, (ys, ds) = jax.lax.scan(body, (y1, zero, zero, zero), (sig, sig_next, weights))
+    return sig, ys, ds
+
+
+@jax.jit
+def jump_costs(sig, ys, ds):
+    """C[i, j] (i < j; inf elsewhere): the one-step Euler error from level i to level j against
+    the trajectory, RMS over coordinates, mean over draws, in units of sqrt(1 + sigma_j^2)."""
+    m = sig.shape[0]
+    flat_y, flat_d = ys.reshape(m, ys.shape[1], -1), ds.reshape(m, ds.shape[1], -1)
+
+    def from_level(i):
+        jump = flat_y[i][None] + (sig[:, None, None] - sig[i]) * flat_d[i][None]
+        rms = jnp.sqrt(jnp.mean((flat_y - jump) ** 2, axis=-1))  # (m, num)
+        cost = jnp.mean(rms, axis=1) / jnp.sqrt(1.0 + sig**2)
+        return jnp.where(jnp.arange(m) > i, cost, jnp.inf)
+
+    return jax.lax.map(from_level, jnp.arange(m))
+
+
+def cheapest_path(costs: np.ndarray, jumps: int) -> list[int]:
+    """Indices 0 = i_0 < i_1 < ... < i_jumps = m - 1 minimising sum_k costs[i_k, i_{k+1}]."""
+    m = costs.shape[0]
+    if not 1 <= jumps <= m - 1:
+        raise ConfigError(f"cannot choose {jumps} steps from {m} candidate levels; "
+                          f"use more candidates (fine) or fewer steps")
+    best = np.full(m, np.inf)
+    best[0] = 0.0
+    back = np.zeros((jumps + 1, m), dtype=int)
+    for k in range(1, jumps + 1):
+        total = best[:, None] + costs  # total[i, j]: reach i in k - 1 jumps, then jump to j
+        back[k] = np.argmin(total, axis=0)
+        best = total[back[k], np.arange(m)]
+    path = [m - 1]
+    for k in range(jumps, 0, -1):
+        path.append(int(back[k][path[-1]]))
+    return path[::-1]
+
+
+def search_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, steps: int,
+                num: int = 256, fine: int = 100, t_end: float | None = None,
+                cond: dict | None = None, clip: tuple[float, float] | None = None
+                ) -> tuple[float, ...]:
+    """The `steps` noise levels, sigma(t1) first and sigma(t_end) last, that a few-step sampler
+    should use for this score, searched on `num` warm-up trajectories over `fine` candidates.
+
+    Arguments:
+        score: `score(t, x)` of ONE sample (network wrapper, guided score or closed form).
+        sde: the forward SDE.
+        shape: shape of one sample.
+        key: PRNG key of the warm-up prior draws.
+        steps: number of levels N (the sampler's `steps`: NFE for dpm2m, dpm3m, unipc, ipndm).
+        num: warm-up trajectories (their NFE is `num * fine`).
+        fine: candidate levels, uniform in log-SNR (the search's resolution).
+        t_end: final time (default `sde.sampling_t0`, as `sgm.sample`).
+        cond: per-draw conditioning arrays (leading axis `num`), as `sgm.sample`'s.
+        clip: the data range, as `sgm.sample`'s.
+
+    Returns:
+        A tuple of `steps` decreasing floats, to pass as `grid=` to heun, dpm2m, dpm3m, unipc or
+        ipndm with the same `steps` and `t_end`.
+    """
+    if not isinstance(steps, int) or steps < 2:
+        raise ConfigError(f"a searched grid needs at least 2 steps, got {steps!r}")
+    if num < 1 or fine < steps:
+        raise ConfigError(f"a grid search needs num >= 1 warm-up draws and fine >= steps "
+                          f"candidate levels, got num={num}, fine={fine}, steps={steps}")
+    t_end = sde.sampling_t0 if t_end is None else t_end
+    sig, ys, ds = eqx.filter_jit(warmup_trajectories)(
+        score, sde, tuple(shape), key=key, num=num, fine=fine, t_end=t_end, cond=cond, clip=clip)
+    costs = np.asarray(jump_costs(sig, ys, ds), np.float64)
+    if not np.all(np.isfinite(costs[np.triu_indices(len(costs), 1)])):
+        raise NumericalError("the grid search's warm-up trajectories are not finite: the score "
+                          "returns NaN or inf")
+    path = cheapest_path(costs, steps - 1)
+    return tuple(float(s) for s in np.asarray(sig)[path])
