@@ -3,6 +3,7 @@
     python bench/quality.py runs/fashion_mnist_cpu                   # ipndm, unipc, ddim at 10/20/50
     python bench/quality.py RUN --methods ipndm --nfe 10 20 --num 500
     python bench/quality.py RUN --em 100                             # also em-1000 on 100 samples
+    python bench/quality.py RUN --searched ipndm --nfe 5 10          # also on searched levels
 
 For each sampler and step count it draws `--num` conditional samples of the run's EMA model (labels
 0, 1, 2, ... cycling, the run's guidance), and scores them with the offline classifier of
@@ -40,6 +41,9 @@ def main(argv=None):
     p.add_argument("--num", type=int, default=500, help="samples per few-step row")
     p.add_argument("--em", type=int, default=0,
                    help="also Euler-Maruyama with 1000 steps on this many samples (0: not run)")
+    p.add_argument("--searched", nargs="*", default=[], metavar="METHOD",
+                   help="also these methods on levels searched for the run's model "
+                        "(sgm.search_grid, cached in the run), at the same --nfe")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -74,15 +78,24 @@ def main(argv=None):
     cycling = np.arange(args.num) % exp.ds.num_classes
     (pick,) = quality.reference_picks(exp.ds, cycling, args.num, seed=1000)
     row("real", None, None, args.num, exp.ds.train[pick], exp.ds.train_cond[pick], 0.0, 0)
-    plan = [(m, n) for m in args.methods for n in args.nfe]
+    plan = [(m, m, n) for m in args.methods for n in args.nfe]
+    plan += [(f"{m}+gits", m, n) for m in args.searched for n in args.nfe]
     if args.em:
-        plan.append(("em", 1000))
-    for method, steps in plan:
+        plan.append(("em", "em", 1000))
+    for label, method, steps in plan:
         num = args.em if method == "em" else args.num
+        grid = {}
+        if label.endswith("+gits"):  # the search's own time is printed apart from the row's
+            t0 = time.perf_counter()
+            grid["grid"] = exp.searched_grid(model, steps=steps, cache_dir=args.run)
+            print(f"  searched {steps} levels in {time.perf_counter() - t0:.1f}s "
+                  f"({build.SEARCH_WARMUP * build.SEARCH_CANDIDATES} evaluations, cached in the "
+                  f"run): {', '.join(f'{v:.3g}' for v in grid['grid'])}", flush=True)
         t0 = time.perf_counter()
-        x, sinfo, labels = exp.samples(model, num=num, method=method, steps=steps, t_end=None)
+        x, sinfo, labels = exp.samples(model, num=num, method=method, steps=steps, t_end=None,
+                                       **grid)
         x = jax.block_until_ready(x)
-        row(method, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
+        row(label, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
             int(sinfo["nfe"]))
 
     print(f"-> {out}")

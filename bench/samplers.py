@@ -154,7 +154,8 @@ def run_problem(name, gm, sde, n, runs, n_dirs, log):
         if method == "ode":
             row["rtol"] = opts["rtol"]
         rows.append(row)
-        log(f"{name} {label} steps={steps} {opts or ''} nfe={row['nfe']}")
+        shown = {k: v for k, v in opts.items() if k != "grid" or isinstance(v, str)}
+        log(f"{name} {label} steps={steps} {shown or ''} nfe={row['nfe']}")
     return rows
 
 
