@@ -320,7 +320,7 @@ def test_the_sample_phase_scores_its_samples(squares, trained, tmp_path, monkeyp
         cfg=types.SimpleNamespace(name="stub", sample=types.SimpleNamespace(
             method="em", quality=True)),
         ds=squares, conditioning=Conditioning("label", num_classes=3),
-        samples=lambda model, mesh, progress, between: (x, {"nfe": 3}, y))
+        samples=lambda model, mesh, progress, between, cache_dir: (x, {"nfe": 3}, y))
     out = run.sample_phase(exp, None, step=1, mesh=parallel.make_mesh(), workdir=tmp_path)
     q = json.loads((tmp_path / "quality.json").read_text())
     assert out["quality"] == q and q["num_samples"] == 30 and q["sample_accuracy"] >= 0.9

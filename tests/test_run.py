@@ -418,7 +418,8 @@ def test_reverse_figure_shows_eight_frames_and_each_condition(tmp_path, monkeypa
         conditioning=Conditioning(kind, num_classes=8 if kind == "label" else None), preprocess=types.SimpleNamespace(
             inverse=lambda x: 2 * x), cfg=types.SimpleNamespace(
             name="stub", sample=types.SimpleNamespace(method="em")),
-        samples=lambda model, num, mesh, return_path: (None, {"path": path, "path_t": times}, cond))
+        samples=lambda model, num, mesh, return_path, cache_dir: (
+            None, {"path": path, "path_t": times}, cond))
     model = types.SimpleNamespace(sde=sgm.VPSDE())
     drawn = {}
 
