@@ -37,7 +37,7 @@ from .conditioning import Conditioning
 from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .sigma_solvers import GRIDS
-from .step_search import search_grid
+from .step_search import levels_for, search_costs
 from .sde import (
     CosineSchedule,
     LearnedSchedule,
@@ -380,31 +380,31 @@ class Experiment:
                       cache_dir: Path | None = None) -> tuple[float, ...]:
         """`steps` noise levels searched on the (guided) model's own trajectories
         (`sgm.search_grid`, `SEARCH_WARMUP` draws with the sample conditions, over
-        `SEARCH_CANDIDATES` levels). With `cache_dir` the levels are kept in
-        `cache_dir/grid-<steps>-<t_end>-<model digest>.json` and read back by the next call for the
-        same weights, guidance and step count, so a run searches once."""
+        `SEARCH_CANDIDATES` levels). With `cache_dir` the search's candidates and jump costs are
+        kept in `cache_dir/grid-<t_end>-g<guidance>-<model digest>.npz` and read back by the next
+        call for the same weights and guidance, whatever its step count: a run searches once."""
         s = self.cfg.sample
         cache = None
         if cache_dir is not None:
             digest = ckpt.tree_digest(model)[:16]
-            cache = Path(cache_dir) / f"grid-{steps}-{t_end}-g{s.guidance:g}-{digest}.json"
+            cache = Path(cache_dir) / f"grid-{t_end}-g{s.guidance:g}-{digest}.npz"
             if cache.exists():
                 try:
-                    levels = tuple(float(v) for v in json.loads(cache.read_text())["levels"])
-                    if len(levels) == steps:
-                        return levels
-                except (ValueError, KeyError, TypeError):
-                    pass  # unreadable: search again and replace it
+                    with np.load(cache, allow_pickle=False) as f:
+                        return levels_for(f["levels"], f["costs"], steps)
+                except (OSError, ValueError, KeyError, ConfigError):
+                    pass  # unreadable or too few candidates: search again and replace it
         raw = self.sample_conditions(SEARCH_WARMUP)
-        levels = search_grid(self.sampling_score(model), model.sde, self.ds.shape,
-                             key=jax.random.fold_in(jax.random.key(self.cfg.sample.seed), 7),
-                             steps=steps, num=SEARCH_WARMUP, fine=SEARCH_CANDIDATES, t_end=t_end,
-                             cond=self.cond(raw), clip=self.preprocess.clip)
+        levels, costs = search_costs(
+            self.sampling_score(model), model.sde, self.ds.shape,
+            key=jax.random.fold_in(jax.random.key(s.seed), 7), num=SEARCH_WARMUP,
+            fine=max(SEARCH_CANDIDATES, steps), t_end=t_end, cond=self.cond(raw),
+            clip=self.preprocess.clip)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.write_atomic(cache, json.dumps({"levels": levels, "steps": steps,
-                                                 "t_end": t_end, "guidance": s.guidance}) + "\n")
-        return levels
+            with ckpt.atomic_open(cache, "wb") as f:
+                np.savez(f, levels=levels, costs=costs)
+        return levels_for(levels, costs, steps)
 
     def samples(self, model, *, num: int | None = None, mesh=None,
                 between: Callable[[], None] | None = None, cache_dir: Path | None = None,

@@ -112,7 +112,7 @@ class SampleConfig:
     seed: int = 1
     quality: bool = False  # labelled images: score the samples offline (sgm.quality)
     grid: str = ""  # few-step samplers' noise levels: "" (the method's own), karras, logsnr, time,
-    #                 or "searched" on the model's trajectories (sgm.search_grid, cached in the run)
+    #                 or "searched" on the model's trajectories (sgm.search_grid, kept in the run)
 
 
 @dataclass(frozen=True)

@@ -124,15 +124,34 @@ def search_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, ke
     """
     if not isinstance(steps, int) or steps < 2:
         raise ConfigError(f"a searched grid needs at least 2 steps, got {steps!r}")
-    if num < 1 or fine < steps:
-        raise ConfigError(f"a grid search needs num >= 1 warm-up draws and fine >= steps "
-                          f"candidate levels, got num={num}, fine={fine}, steps={steps}")
+    if fine < steps:
+        raise ConfigError(f"a grid search needs fine >= steps candidate levels, got fine={fine}, "
+                          f"steps={steps}")
+    levels, costs = search_costs(score, sde, shape, key=key, num=num, fine=fine, t_end=t_end,
+                                 cond=cond, clip=clip)
+    return levels_for(levels, costs, steps)
+
+
+def search_costs(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key,
+                 num: int = 256, fine: int = 100, t_end: float | None = None,
+                 cond: dict | None = None, clip: tuple[float, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The expensive half of `search_grid` (its arguments but `steps`): the `fine` candidate
+    levels and the jump costs between them, from which `levels_for` picks the levels of any step
+    count at once. Keep these to search several step counts on one model."""
+    if num < 1 or fine < 2:
+        raise ConfigError(f"a grid search needs num >= 1 warm-up draws and fine >= 2 candidate "
+                          f"levels, got num={num}, fine={fine}")
     t_end = sde.sampling_t0 if t_end is None else t_end
     sig, ys, ds = eqx.filter_jit(warmup_trajectories)(
         score, sde, tuple(shape), key=key, num=num, fine=fine, t_end=t_end, cond=cond, clip=clip)
     costs = np.asarray(jump_costs(sig, ys, ds), np.float64)
     if not np.all(np.isfinite(costs[np.triu_indices(len(costs), 1)])):
         raise NumericalError("the grid search's warm-up trajectories are not finite: the score "
-                          "returns NaN or inf")
-    path = cheapest_path(costs, steps - 1)
-    return tuple(float(s) for s in np.asarray(sig)[path])
+                             "returns NaN or inf")
+    return np.asarray(sig, np.float64), costs
+
+
+def levels_for(levels: np.ndarray, costs: np.ndarray, steps: int) -> tuple[float, ...]:
+    """The `steps` of the candidate `levels` with the least total jump cost (`search_costs`)."""
+    return tuple(float(s) for s in np.asarray(levels)[cheapest_path(np.asarray(costs), steps - 1)])

@@ -88,9 +88,10 @@ def test_ten_evaluations_on_searched_levels_reach_exact_sampling(name):
 
 
 def test_a_config_searches_once_and_keeps_the_levels(tmp_path, monkeypatch):
-    """sample.grid=searched: the run's sampler gets levels searched on its model, written to the
-    work directory and read back (no second search) for the same weights; other weights search
-    again; a method without levels is refused when the config is loaded."""
+    """sample.grid=searched: the run's sampler gets levels searched on its model; the search is
+    kept in the work directory and read back (no second search) for the same weights, at any step
+    count; other weights search again; a method without levels is refused when the config is
+    loaded."""
     from sgm import build
 
     sets = ["train.steps=2", "model.width=16", "model.depth=1", "sample.method=ipndm",
@@ -98,23 +99,25 @@ def test_a_config_searches_once_and_keeps_the_levels(tmp_path, monkeypatch):
     exp = build.experiment(build.load("configs/eight_gaussians.py", sets))
     model = exp.state.ema
     calls = []
-    real = build.search_grid
+    real = build.search_costs
 
     def counting(*args, **kwargs):
-        calls.append(kwargs["steps"])
+        calls.append(kwargs["fine"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(build, "search_grid", counting)
+    monkeypatch.setattr(build, "search_costs", counting)
     monkeypatch.setattr(build, "SEARCH_WARMUP", 16)
     monkeypatch.setattr(build, "SEARCH_CANDIDATES", 20)
     x, info, _ = exp.samples(model, num=8, cache_dir=tmp_path)
-    assert calls == [6] and info["nfe"] == 6 and np.all(np.isfinite(x))
-    (cache,) = tmp_path.glob("grid-6-*.json")
+    assert calls == [20] and info["nfe"] == 6 and np.all(np.isfinite(x))
+    (cache,) = tmp_path.glob("grid-*.npz")
     y, _, _ = exp.samples(model, num=8, cache_dir=tmp_path)
-    assert calls == [6]  # read back
+    assert calls == [20]  # read back
     np.testing.assert_array_equal(x, y)
+    _, info, _ = exp.samples(model, num=8, cache_dir=tmp_path, steps=9)  # another step count
+    assert calls == [20] and info["nfe"] == 9
     other = jax.tree.map(lambda a: a * 1.01 if eqx.is_inexact_array(a) else a, model)
     exp.samples(other, num=8, cache_dir=tmp_path)
-    assert calls == [6, 6] and len(list(tmp_path.glob("grid-6-*.json"))) == 2
+    assert calls == [20, 20] and len(list(tmp_path.glob("grid-*.npz"))) == 2
     with pytest.raises(sgm.ConfigError, match="does not apply to sample.method='em'"):
         build.load("configs/eight_gaussians.py", ["sample.method=em", "sample.grid=searched"])
