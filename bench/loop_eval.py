@@ -19,25 +19,14 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from nets import best_time  # bench/nets.py, beside this script
 from sgm.nets import DiT, UNet, conv2d, param_count
-
-
-def best_time(fn, seconds: float) -> float:
-    """Smallest wall time of `fn()` over repeats filling about `seconds` (after one warm-up)."""
-    jax.block_until_ready(fn())
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def plain_and_loop(f, x, steps: int, seconds: float) -> tuple[float, float]:
