@@ -317,7 +317,7 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
     if len(ds.shape) == 3:  # images and fields: 8 samples on their way from noise
         t0 = time.perf_counter()
         path = reverse_figure(exp, model, mesh=mesh, path=workdir / "figs" / "reverse.png",
-                              main_process=main_process)
+                              main_process=main_process, cache_dir=workdir)
         out["reverse_figure_seconds"] = time.perf_counter() - t0
         trackers.figure(step, "reverse_process", path)
     return out
@@ -487,15 +487,14 @@ def density_figure(exp: build.Experiment, model, *, mesh, lik: dict, n: int, wor
 
 
 def reverse_figure(exp: build.Experiment, model, *, mesh, path: Path,
-                   main_process: bool = True) -> Path | None:
+                   main_process: bool = True, cache_dir: Path | None = None) -> Path | None:
     """figs/reverse.png: 8 samples at 8 times from t1 to t_end (equally spaced in log-SNR) and
-    what each was conditioned on. Every process samples; process 0 draws (the others return
+    what each was conditioned on (`cache_dir`: where a searched grid is kept). Every process samples; process 0 draws (the others return
     None)."""
     from . import plot
 
     ds = exp.ds
-    _, info, cond = exp.samples(model, num=8, mesh=mesh, return_path=True,
-                                cache_dir=Path(path).parent.parent)
+    _, info, cond = exp.samples(model, num=8, mesh=mesh, return_path=True, cache_dir=cache_dir)
     traj = parallel.gather(info["path"])[:, :8]  # (T, 8, C, H, W) in model space
     times = np.asarray(info["path_t"])
     idx = plot.pick_frames(np.asarray(model.sde.log_snr(times)), 8)
