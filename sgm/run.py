@@ -489,8 +489,8 @@ def density_figure(exp: build.Experiment, model, *, mesh, lik: dict, n: int, wor
 def reverse_figure(exp: build.Experiment, model, *, mesh, path: Path,
                    main_process: bool = True, cache_dir: Path | None = None) -> Path | None:
     """figs/reverse.png: 8 samples at 8 times from t1 to t_end (equally spaced in log-SNR) and
-    what each was conditioned on (`cache_dir`: where a searched grid is kept). Every process samples; process 0 draws (the others return
-    None)."""
+    what each was conditioned on (`cache_dir`: where a searched grid is kept). Every process
+    samples; process 0 draws (the others return None)."""
     from . import plot
 
     ds = exp.ds
