@@ -2,6 +2,7 @@
 
     python bench/likelihood.py            # full run (about 4 minutes on 2 CPU cores)
     python bench/likelihood.py --quick    # VP only, small batches (~1 minute, mostly compiling)
+    python bench/likelihood.py --hutchinson-variants   # one probe at D = 2: what limits its speed
 
 Four parts, two tables, JSON in bench/results/likelihood.json:
 
@@ -53,6 +54,7 @@ from scipy.integrate import solve_ivp
 import sgm
 
 RESULTS = Path(__file__).resolve().parent / "results" / "likelihood.json"
+VARIANTS_RESULTS = RESULTS.with_name("likelihood_hutchinson.json")
 SDES = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "subvp": sgm.SubVPSDE}
 
 
@@ -340,6 +342,60 @@ def sweep_rows(dim, batches, args):
 # ------------------------------------------------------------------------------------------------
 
 
+#: the Hutchinson solve's options tried against scipy by `--hutchinson-variants`
+HUTCH_VARIANTS = {"exact trace": {"exact": True}, "hutch-1": {},
+                  "hutch-1 error_norm=batch": {"error_norm": "batch"},
+                  "hutch-1 solver=tsit5": {"solver": "tsit5"},
+                  "hutch-1 solver=dopri8": {"solver": "dopri8"},
+                  "hutch-1 clock=logt": {"clock": "logt"},
+                  "hutch-1 clock=logsnr": {"clock": "logsnr"}}
+
+
+def hutchinson_variant_rows(dim, batch, args):
+    """The VP MLP score: sgm's one-probe solve with one option changed at a time, scipy's RK45 and
+    the network's field alone (forward, one-probe JVP, exact trace), all timed in alternation."""
+    sde, net = sgm.VPSDE(), MLPScore(dim, key=jax.random.key(1000 + dim))
+    x = 0.5 + 0.7 * jax.random.normal(jax.random.key(200 + dim), (batch, dim))
+    ref, _, _ = mlp_reference(net, sde, x, args.ref_tol)
+    tol = dict(rtol=args.rtol, atol=args.atol)
+    run_scipy, _, _ = scipy_call(net, sde, x, **tol)
+    hkey = jax.random.key(7)
+    fns = {name: sgm_call(net, sde, x, **{"exact": False, "key": hkey, **tol, **opts})
+           for name, opts in HUTCH_VARIANTS.items()}
+    fns["scipy"] = run_scipy
+    eps = jax.random.rademacher(jax.random.key(1), x.shape).astype(x.dtype)
+    one = lambda q: sde.ode_drift(net, jnp.float32(0.5), q)  # noqa: E731
+    fwd = jax.jit(jax.vmap(one))
+    jvp = jax.jit(jax.vmap(lambda q, e: jnp.vdot(jax.jvp(one, (q,), (e,))[1], e)))
+    exact = jax.jit(jax.vmap(lambda q: jnp.trace(jax.jacfwd(one)(q))))
+    fns.update({"field: forward": lambda: fwd(x), "field: one-probe JVP": lambda: jvp(x, eps),
+                "field: exact trace": lambda: exact(x)})
+    t = race(fns, budget=args.budget)
+    scipy_s = t["scipy"][1]
+    rows = []
+    for name, (_, wall, out) in t.items():
+        row = {"variant": name, "D": dim, "B": batch, "wall_s": wall}
+        if not name.startswith("field"):
+            logp, nfe = (out[0], out[2]) if name == "scipy" else (out[0], int(out[1]["nfe"]))
+            err = np.abs(np.asarray(logp, np.float64) - ref) / dim
+            row.update(nfe=nfe, ms_per_nfe=1e3 * wall / nfe, speedup_vs_scipy=scipy_s / wall,
+                       err_mean=float(err.mean()))
+        rows.append(row)
+    return rows
+
+
+def print_variants(rows):
+    head = (f"{'variant':<28}{'D':>4}{'B':>5}{'nfe':>6}{'wall ms':>9}{'ms/nfe':>8}{'x':>6}"
+            f"{'err mean':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        rest = (f"{r['nfe']:>6}{1e3 * r['wall_s']:>9.1f}{r['ms_per_nfe']:>8.2f}"
+                f"{r['speedup_vs_scipy']:>6.2f}{r['err_mean']:>10.1e}" if "nfe" in r
+                else f"{'':>6}{1e3 * r['wall_s']:>9.2f}")
+        print(f"{r['variant']:<28}{r['D']:>4}{r['B']:>5}{rest}")
+
+
 def print_table(rows):
     head = (f"{'sde':<6}{'score':<6}{'D':>5}{'B':>5} {'impl':<6}{'div':<8}{'nfe':>6}"
             f"{'err mean':>10}{'err max':>10}{'signed':>10}{'compile':>9}{'wall s':>9}{'s/1k':>9}"
@@ -373,8 +429,27 @@ def main():
     p.add_argument("--ref-tol", type=float, default=1e-10, help="tolerance of the MLP reference")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of repeated timing per comparison (default 1.5, quick 0.2)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None, help=f"JSON (default {RESULTS}, or "
+                   f"{VARIANTS_RESULTS.name} with --hutchinson-variants)")
+    p.add_argument("--hutchinson-variants", action="store_true",
+                   help="only: the one-probe solve on the D = 2 MLP score with one option changed "
+                        "at a time against scipy, and the field's cost alone (what limits it)")
     args = p.parse_args()
+    if args.hutchinson_variants:
+        args.budget = 2.0 if args.budget is None else args.budget
+        rows = hutchinson_variant_rows(2, 256, args)
+        print(f"one Rademacher probe, VP, random MLP score, rtol={args.rtol:g} atol={args.atol:g}, "
+              f"{os.cpu_count()} CPU cores; x = scipy RK45 (exact trace) / row, after compilation; "
+              f"field rows: one jitted call of the batch's vector field")
+        print_variants(rows)
+        out = args.out or VARIANTS_RESULTS
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": {"rtol": args.rtol, "atol": args.atol,
+                                            "load_avg": os.getloadavg(),
+                                            "cpus": os.cpu_count()}, "rows": rows}, indent=1))
+        print(f"wrote {out}")
+        return
+    args.out = args.out or RESULTS
 
     if args.quick:
         sdes, gauss, mlp, sweep = ["vp"], {2: 64, 64: 16, 784: 4}, {2: 64}, {}
