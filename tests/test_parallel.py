@@ -28,18 +28,28 @@ def load(path):
         return {k: f[k] for k in f.files}
 
 
+def shared_run(tmp_path_factory, name, devices_per_process):
+    """The worker's results on `devices_per_process` devices, run once per test session: under
+    xdist by the first worker that needs them (the others wait for them and load them)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()  # under xdist, each worker's; its parent the session's
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    out = root / f"parallel-{name}.npz"
+    with FileLock(str(root / f"parallel-{name}.lock")):
+        if not out.exists():
+            run_worker(out, devices_per_process)
+    return load(out)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("one") / "one.npz"
-    run_worker(out, 1)
-    return load(out)
+    return shared_run(tmp_path_factory, "one", 1)
 
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
-    out = tmp_path_factory.mktemp("four") / "four.npz"
-    run_worker(out, 4)
-    return load(out)
+    return shared_run(tmp_path_factory, "four", 4)
 
 
 def assert_same_weights(a, b, rtol=1e-4, atol=1e-6):

@@ -55,7 +55,8 @@ def all_checkpoints_readable(workdir):
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     steps, every = 400, 2
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run(cmd(tmp_path / "straight", steps, every), check=True, env=env, capture_output=True)
+    # the uninterrupted run in this process (the same command, without a second start-up)
+    assert command(tmp_path / "straight", f"train.steps={steps}", f"train.ckpt_every={every}") == 0
     wd = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
@@ -348,7 +349,7 @@ def test_ctrl_c_while_sampling_writes_no_samples(tmp_path):
     wd = tmp_path / "wd"
     base = [sys.executable, str(ROOT / "main.py"), "--workdir", str(wd), "--no-progress"]
     small = ["--set", *SMALL, "train.steps=2"]
-    subprocess.run(base + ["--mode", "train"] + small, check=True, capture_output=True)
+    assert command(wd, "train.steps=2") == 0  # the model to sample, trained in this process
     proc = subprocess.Popen(base + ["--mode", "sample"] + small + ["sample.steps=150000", "sample.num=256"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(10)  # past start-up (a signal during `import jax` is not ours to handle)
