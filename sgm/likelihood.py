@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from .data.transforms import discrete_log_det
 from .errors import ConfigError
 from .parallel import constrain
-from .ode_solvers import ADAPTIVE, STEPPING, largest_point_rms, ode_solver, step_limit
+from .ode_solvers import ADAPTIVE, STEPPING, check_solved, failure, largest_point_rms, ode_solver
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -131,7 +131,7 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
             term, make(), u0, u1, None, y0,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff,
                                                       icoeff=icoeff, **norm),
-            max_steps=max_steps, progress_meter=progress_meter,
+            max_steps=max_steps, progress_meter=progress_meter, throw=False,
         )
 
     m0, m1 = marginal_scale(jnp.asarray(t0, float)), marginal_scale(jnp.asarray(sde.t1, float))
@@ -141,9 +141,10 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
             eps = probes_of(ki, y0)
             term = diffrax.ODETerm(lambda u, state, args: field(u, state[0], eps, ci))
             sol = integrate(term, (y0, jnp.zeros((), y0.dtype)))
-            return sol.ys[0][-1], sol.ys[1][-1], sol.stats["num_steps"]
+            return sol.ys[0][-1], sol.ys[1][-1], sol.stats["num_steps"], failure(sol)
 
-        z, delta, n_steps = jax.vmap(one)(flat, cond, keys)
+        z, delta, n_steps, failed = jax.vmap(one)(flat, cond, keys)
+        failed = jnp.max(failed)
         nfe = jnp.max(n_steps) * per_step + 1
     else:
         eps = jax.vmap(probes_of)(keys, flat)
@@ -151,7 +152,7 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
         term = diffrax.ODETerm(lambda u, state, args: batched(u, state[0], eps, cond))
         norm = {"norm": largest_point_rms} if error_norm == "point" else {}  # else diffrax's RMS
         sol = integrate(term, (flat, jnp.zeros(flat.shape[0], flat.dtype)), **norm)
-        z, delta = sol.ys[0][-1], sol.ys[1][-1]
+        z, delta, failed = sol.ys[0][-1], sol.ys[1][-1], failure(sol)
         n_steps = jnp.broadcast_to(sol.stats["num_steps"], (flat.shape[0],))
         nfe = sol.stats["num_steps"] * per_step + 1
     # log p_x(x) = log p_y(y) - D log m(t0), and at t1 log p_y(y) = prior(m1 y) + D log m1
@@ -159,7 +160,7 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
     delta = delta + dim * (jnp.log(m1) - jnp.log(m0))
     prior = jax.vmap(sde.prior_logp)(z)
     info = {"nfe": nfe, "z": z.reshape(x.shape), "prior_logp": prior, "delta_logp": delta,
-            "num_steps": n_steps}
+            "num_steps": n_steps, "failure": failed}
     return prior + delta, info
 
 
@@ -256,13 +257,14 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
     t0 = sde.t0 if t0 is None else t0
     fix = (f"the ODE cannot meet rtol={rtol:g}, atol={atol:g} in that many steps: loosen them "
            f"(likelihood.rtol, likelihood.atol) or raise max_steps.")
-    with step_limit("the likelihood ODE", max_steps, fix):
-        return jax.block_until_ready(_solve(
-            score, sde, x, cond=cond or {}, keys=keys, exact=exact, rtol=rtol, atol=atol,
-            probes=probes, probe=probe, t0=t0, solver=solver, chunk=chunk, hutchinson=hutchinson,
-            max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping,
-            error_norm=error_norm, pcoeff=pcoeff, icoeff=icoeff, rescale=rescale,
-            progress_meter=diffrax.NoProgressMeter() if progress_meter is None else progress_meter))
+    logp, info = _solve(
+        score, sde, x, cond=cond or {}, keys=keys, exact=exact, rtol=rtol, atol=atol,
+        probes=probes, probe=probe, t0=t0, solver=solver, chunk=chunk, hutchinson=hutchinson,
+        max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping,
+        error_norm=error_norm, pcoeff=pcoeff, icoeff=icoeff, rescale=rescale,
+        progress_meter=diffrax.NoProgressMeter() if progress_meter is None else progress_meter)
+    check_solved(info.pop("failure"), "the likelihood ODE", max_steps, fix)
+    return logp, info
 
 
 def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, hi: float = 1.0):

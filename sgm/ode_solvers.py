@@ -7,12 +7,10 @@ new vector-field evaluations one step costs (FSAL solvers reuse their last stage
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -60,14 +58,31 @@ def ode_solver(name: str) -> OdeSolver:
     return ODE_SOLVERS[name]
 
 
-@contextlib.contextmanager
-def step_limit(what: str, max_steps: int, fix: str) -> Iterator[None]:
-    """Turns diffrax's runtime error for a solve that ran out of steps inside the block into one
-    sentence: NumericalError("`what` took more than `max_steps` steps; `fix`"). The block must wait
-    for its results (`jax.block_until_ready`), since the error is raised when they are computed."""
-    try:
-        yield
-    except eqx.EquinoxRuntimeError as e:
-        if "maximum number of solver steps" not in str(e):
-            raise
-        raise NumericalError(f"{what} took more than max_steps={max_steps} steps; {fix}") from None
+#: `failure` codes: the solve reached its end; it ran out of steps; it stopped for another reason
+SOLVED, OUT_OF_STEPS, FAILED = 0, 1, 2
+
+
+def failure(sol: diffrax.Solution) -> jax.Array:
+    """The worst outcome of a solve run with `throw=False` (of every solve, when vmapped) as one
+    int32: SOLVED, OUT_OF_STEPS or FAILED. For `check_solved`, outside the compiled code.
+
+    Solves run with `throw=False` because diffrax's `throw=True` checks its result with a host
+    callback inside the compiled program, and JAX does not keep a program with a host callback in
+    its persistent compilation cache: every run would compile every sampler and likelihood again.
+    """
+    out_of_steps = sol.result == diffrax.RESULTS.max_steps_reached
+    code = jnp.where(sol.result == diffrax.RESULTS.successful, SOLVED,
+                     jnp.where(out_of_steps, OUT_OF_STEPS, FAILED))
+    return jnp.max(code).astype(jnp.int32)
+
+
+def check_solved(code, what: str, max_steps: int, fix: str) -> None:
+    """One sentence for a solve that did not reach its end (`code` from `failure`):
+    NumericalError("`what` took more than `max_steps` steps; `fix`"), or, for any other failure
+    (non-finite values, a collapsing step), NumericalError naming `what`."""
+    code = int(code)
+    if code == OUT_OF_STEPS:
+        raise NumericalError(f"{what} took more than max_steps={max_steps} steps; {fix}")
+    if code != SOLVED:
+        raise NumericalError(f"{what} stopped before its end: the solver failed (non-finite values "
+                             f"or a collapsing step size); check the model and data for NaN/inf.")

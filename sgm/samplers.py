@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import lineax as lx
 
 from .errors import ConfigError
-from .ode_solvers import STEPPING, largest_point_rms, ode_solver, step_limit
+from .ode_solvers import STEPPING, check_solved, failure, largest_point_rms, ode_solver
 from .parallel import constrain
 from .score import tweedie_x0
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, ipndm, unipc
@@ -138,7 +138,7 @@ def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
         terms, diffrax.Euler(), 0.0, span, None, x1,
         stepsize_controller=diffrax.StepTo(ts=jnp.linspace(0.0, span, steps + 1)),
         saveat=diffrax.SaveAt(t1=not return_path, steps=return_path),
-        adjoint=diffrax.ForwardMode(), max_steps=steps,
+        adjoint=diffrax.ForwardMode(), max_steps=steps, throw=False,  # fixed steps: cannot fail
     )
     x = _finish(bscore, sde, t_end, sol.ys[-1], denoise, clip)
     info = {}
@@ -171,24 +171,26 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
             term = diffrax.ODETerm(lambda t, x, args: sde.ode_drift(bscore, t, x))
             sol = diffrax.diffeqsolve(
                 term, make(), t1, t_end, None, x1, saveat=saveat, max_steps=max_steps,
-                stepsize_controller=controller(norm=largest_point_rms),
+                stepsize_controller=controller(norm=largest_point_rms), throw=False,
             )
-            ys, n_steps = sol.ys, sol.stats["num_steps"]
+            ys, n_steps, failed = sol.ys, sol.stats["num_steps"], failure(sol)
         else:
             def solve_one(x, c):
                 score = partial(bscore.score, **c)
                 term = diffrax.ODETerm(lambda t, y, args: sde.ode_drift(score, t, y))
                 sol = diffrax.diffeqsolve(term, make(), t1, t_end, None, x, saveat=saveat,
-                                          stepsize_controller=controller(), max_steps=max_steps)
-                return sol.ys, sol.stats["num_steps"]
+                                          stepsize_controller=controller(), max_steps=max_steps,
+                                          throw=False)
+                return sol.ys, sol.stats["num_steps"], failure(sol)
 
-            ys, n_steps = jax.vmap(solve_one)(x1, bscore.cond or {})
-            ys = jnp.moveaxis(ys, 0, 1)
+            ys, n_steps, failed = jax.vmap(solve_one)(x1, bscore.cond or {})
+            ys, failed = jnp.moveaxis(ys, 0, 1), jnp.max(failed)
         path_t = jnp.linspace(t1, t_end, 65)
         # Tsit5/Dopri5: one evaluation to start (first-same-as-last) and 6 new ones per attempted
         # step, accepted or rejected; tests count the calls. A vmapped batch runs to its slowest
         # sample.
         info["nfe"] = jnp.max(n_steps) * per_step + 1 + int(denoise)
+        info["failure"] = failed  # checked by `sample` (`check_solved`), outside the compiled code
     else:
         steps = ODE_FIXED_STEPS if steps is None else steps
         path_t = jnp.linspace(t1, t_end, steps + 1)
@@ -200,7 +202,7 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(bfield), make(), t1, t_end, None, x1,
             stepsize_controller=diffrax.StepTo(ts=path_t), max_steps=steps,
-            saveat=diffrax.SaveAt(t1=not return_path, steps=return_path),
+            saveat=diffrax.SaveAt(t1=not return_path, steps=return_path), throw=False,
         )
         ys = jnp.concatenate([x1[None], sol.ys]) if return_path else sol.ys
     x = _finish(bscore, sde, t_end, ys[-1], denoise, clip)
@@ -502,11 +504,10 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
     settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise),
                 "clip": None if clip is None else tuple(clip), "return_path": return_path}
     opts = dict(entry.defaults, **options)
-    if "max_steps" not in opts:
-        return _run(score, sde, tuple(shape), key, num, method, settings, progress, cond,
-                    sharding, options)
-    fix = (f"it cannot meet rtol={opts['rtol']:g}, atol={opts['atol']:g} in that many steps: "
-           f"loosen them or raise max_steps (the sampler's options).")
-    with step_limit(f"the {method} sampler", opts["max_steps"], fix):
-        return jax.block_until_ready(_run(score, sde, tuple(shape), key, num, method, settings,
-                                          progress, cond, sharding, options))
+    x, info = _run(score, sde, tuple(shape), key, num, method, settings, progress, cond, sharding,
+                   options)
+    if "failure" in info:  # an adaptive solve: it may have run out of steps
+        fix = (f"it cannot meet rtol={opts['rtol']:g}, atol={opts['atol']:g} in that many steps: "
+               f"loosen them or raise max_steps (the sampler's options).")
+        check_solved(info.pop("failure"), f"the {method} sampler", opts["max_steps"], fix)
+    return x, info

@@ -210,3 +210,35 @@ def test_a_solve_out_of_steps_is_one_sentence():
     with pytest.raises(NumericalError, match=r"^the ode sampler took more than max_steps=2 steps"):
         sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
                    max_steps=2)
+
+
+@pytest.mark.parametrize("stepping", ["batch", "point"])
+def test_adaptive_solves_compile_without_host_callbacks(monkeypatch, stepping):
+    """The likelihood's and the ode sampler's compiled programs hold no host callback (JAX keeps
+    no program with one in its persistent compilation cache, so every run would compile them
+    again): the solves run with diffrax's throw=False and their outcome is checked afterwards,
+    which still gives the one-sentence error above (for shared and per-point steps alike)."""
+    from sgm import likelihood, samplers
+
+    calls = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] = fn.lower(*args, **kwargs).as_text()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(likelihood, "_solve", spy("likelihood", likelihood._solve))
+    monkeypatch.setattr(samplers, "_run", spy("sampler", samplers._run))
+    x = jnp.ones((3, 2))
+    sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, stepping=stepping)
+    sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
+               stepping=stepping)
+    assert set(calls) == {"likelihood", "sampler"}
+    for name, text in calls.items():
+        assert "callback" not in text, name
+    with pytest.raises(NumericalError, match=r"^the likelihood ODE took more than max_steps=2 "):
+        sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, max_steps=2, stepping=stepping)
+    with pytest.raises(NumericalError, match=r"^the ode sampler took more than max_steps=2 steps"):
+        sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
+                   max_steps=2, stepping=stepping)
