@@ -384,11 +384,16 @@ def hutchinson_variant_rows(dim, batch, args):
     return rows
 
 
+def print_head(head: str) -> None:
+    """A table's column titles and a rule under them."""
+    print(head)
+    print("-" * len(head))
+
+
 def print_variants(rows):
     head = (f"{'variant':<28}{'D':>4}{'B':>5}{'nfe':>6}{'wall ms':>9}{'ms/nfe':>8}{'x':>6}"
             f"{'err mean':>10}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         rest = (f"{r['nfe']:>6}{1e3 * r['wall_s']:>9.1f}{r['ms_per_nfe']:>8.2f}"
                 f"{r['speedup_vs_scipy']:>6.2f}{r['err_mean']:>10.1e}" if "nfe" in r
@@ -400,8 +405,7 @@ def print_table(rows):
     head = (f"{'sde':<6}{'score':<6}{'D':>5}{'B':>5} {'impl':<6}{'div':<8}{'nfe':>6}"
             f"{'err mean':>10}{'err max':>10}{'signed':>10}{'compile':>9}{'wall s':>9}{'s/1k':>9}"
             f"{'x':>7}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         ratio = f"{r['speedup_vs_scipy']:.2f}" if "speedup_vs_scipy" in r else ""
         print(f"{r['sde']:<6}{r['score']:<6}{r['D']:>5}{r['B']:>5} {r['impl']:<6}{r['div']:<8}"
@@ -412,8 +416,7 @@ def print_table(rows):
 def print_sweep(rows):
     head = (f"{'D':>5}{'B':>6}{'sgm nfe':>9}{'scipy nfe':>11}{'sgm s':>9}{'scipy s':>9}"
             f"{'field ms':>10}{'sgm ms/nfe':>12}{'sgm compile':>13}{'x':>7}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         print(f"{r['D']:>5}{r['B']:>6}{r['sgm_nfe']:>9}{r['scipy_nfe']:>11}{r['sgm_s']:>9.3f}"
               f"{r['scipy_s']:>9.3f}{1e3 * r['scipy_field_call_s']:>10.3f}"
