@@ -2,7 +2,9 @@
 
 Each entry is `name: OdeSolver(make, adaptive, evals_per_step)`: the diffrax solver's constructor,
 whether it has an embedded error estimate (and so runs under a PID step-size controller), and the
-new vector-field evaluations one step costs (FSAL solvers reuse their last stage).
+new vector-field evaluations one step costs (FSAL solvers reuse their last stage). Also what both
+share around a solve: the per-point error norm, and `failure`/`check_solved`, which report a solve
+that did not reach its end after it has run (not from inside the compiled program).
 """
 
 from __future__ import annotations
