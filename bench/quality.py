@@ -4,6 +4,7 @@
     python bench/quality.py RUN --methods ipndm --nfe 10 20 --num 500
     python bench/quality.py RUN --em 100                             # also em-1000 on 100 samples
     python bench/quality.py RUN --searched ipndm --nfe 5 10          # also on searched levels
+    python bench/quality.py RUN --tuned ipndm --nfe 10               # and on levels tuned for it
 
 For each sampler and step count it draws `--num` conditional samples of the run's EMA model (labels
 0, 1, 2, ... cycling, the run's guidance), and scores them with the offline classifier of
@@ -44,6 +45,9 @@ def main(argv=None):
     p.add_argument("--searched", nargs="*", default=[], metavar="METHOD",
                    help="also these methods on levels searched for the run's model "
                         "(sgm.search_grid, cached in the run), at the same --nfe")
+    p.add_argument("--tuned", nargs="*", default=[], metavar="METHOD",
+                   help="also these methods on the searched levels tuned for them "
+                        "(sgm.tune_grid, cached in the run), at the same --nfe")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -80,6 +84,7 @@ def main(argv=None):
     row("real", None, None, args.num, exp.ds.train[pick], exp.ds.train_cond[pick], 0.0, 0)
     plan = [(m, m, n) for m in args.methods for n in args.nfe]
     plan += [(f"{m}+gits", m, n) for m in args.searched for n in args.nfe]
+    plan += [(f"{m}+tuned", m, n) for m in args.tuned for n in args.nfe]
     if args.em:
         plan.append(("em", "em", 1000))
     for label, method, steps in plan:
@@ -90,6 +95,11 @@ def main(argv=None):
             grid["grid"] = exp.searched_grid(model, steps=steps, cache_dir=args.run)
             print(f"  searched {steps} levels in {time.perf_counter() - t0:.1f}s "
                   f"({build.SEARCH_WARMUP * build.SEARCH_CANDIDATES} evaluations, cached in the "
+                  f"run): {', '.join(f'{v:.3g}' for v in grid['grid'])}", flush=True)
+        if label.endswith("+tuned"):  # the search (if not cached) and the tuning, timed apart
+            t0 = time.perf_counter()
+            grid["grid"] = exp.tuned_grid(model, method=method, steps=steps, cache_dir=args.run)
+            print(f"  tuned {steps} levels in {time.perf_counter() - t0:.1f}s (cached in the "
                   f"run): {', '.join(f'{v:.3g}' for v in grid['grid'])}", flush=True)
         t0 = time.perf_counter()
         x, sinfo, labels = exp.samples(model, num=num, method=method, steps=steps, t_end=None,

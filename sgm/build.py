@@ -37,7 +37,7 @@ from .conditioning import Conditioning
 from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .sigma_solvers import GRIDS
-from .step_search import levels_for, search_costs
+from .step_search import levels_for, search_costs, tune_grid
 from .sde import (
     CosineSchedule,
     LearnedSchedule,
@@ -124,7 +124,7 @@ CHOICES = {
     "train.reduce": REDUCTIONS,
     "train.on_nan": ("stop", "skip"),
     "sample.method": tuple(samplers.SAMPLERS),
-    "sample.grid": ("", *GRIDS, "searched"),  # "": the method's own levels
+    "sample.grid": ("", *GRIDS, "searched", "tuned"),  # "": the method's own levels
     "likelihood.dequant_bound": DEQUANT_BOUNDS,
     "likelihood.dequant": data.transforms.DEQUANTS,
     "likelihood.solver": likelihood.SOLVERS,
@@ -253,7 +253,7 @@ def sample_options(cfg: Config) -> dict:
         with_grid = ", ".join(m for m, e in samplers.SAMPLERS.items() if "grid" in e.options)
         raise ConfigError(f"sample.grid={s.grid!r} does not apply to sample.method={s.method!r}; "
                           f"the methods with noise-level grids are {with_grid}")
-    if opts.get("grid") in ("", "searched"):  # the method's default; searched: Experiment.samples
+    if opts.get("grid") in ("", "searched", "tuned"):  # default; searched/tuned: Experiment.samples
         del opts["grid"]
     steps = None if spec.default_steps is None else s.steps
     return dict(method=s.method, steps=steps, t_end=s.t_end, **opts)
@@ -406,6 +406,40 @@ class Experiment:
                 np.savez(f, levels=levels, costs=costs)
         return levels_for(levels, costs, steps)
 
+    def tuned_grid(self, model, *, method: str, steps: int, t_end: float | None = None,
+                   options: dict | None = None, cache_dir: Path | None = None
+                   ) -> tuple[float, ...]:
+        """`searched_grid`'s levels tuned for `method` by gradient on the model's own accurate
+        solves (`sgm.tune_grid`, `SEARCH_WARMUP` draws with the sample conditions; `options`:
+        the method's further options). With `cache_dir` the levels are kept in
+        `cache_dir/grid-tuned-<method>-<steps>-<t_end>-g<guidance>-<digest>.npz`, read back for
+        the same weights, guidance, method and steps: a run tunes once per step count."""
+        s = self.cfg.sample
+        cache = None
+        if cache_dir is not None:
+            digest = ckpt.tree_digest(model)[:16]
+            name = f"grid-tuned-{method}-{steps}-{t_end}-g{s.guidance:g}-{digest}.npz"
+            cache = Path(cache_dir) / name
+            if cache.exists():
+                try:
+                    with np.load(cache, allow_pickle=False) as f:
+                        levels = tuple(float(v) for v in f["levels"])
+                    if len(levels) == steps:
+                        return levels
+                except (OSError, ValueError, KeyError):
+                    pass  # unreadable: tune again and replace it
+        start = self.searched_grid(model, steps=steps, t_end=t_end, cache_dir=cache_dir)
+        raw = self.sample_conditions(SEARCH_WARMUP)
+        levels = tune_grid(self.sampling_score(model), model.sde, self.ds.shape, start,
+                           key=jax.random.fold_in(jax.random.key(s.seed), 8), method=method,
+                           num=SEARCH_WARMUP, t_end=t_end, cond=self.cond(raw),
+                           clip=self.preprocess.clip, options=options)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with ckpt.atomic_open(cache, "wb") as f:
+                np.savez(f, levels=np.asarray(levels))
+        return levels
+
     def samples(self, model, *, num: int | None = None, mesh=None,
                 between: Callable[[], None] | None = None, cache_dir: Path | None = None,
                 **overrides):
@@ -414,7 +448,7 @@ class Experiment:
         More than `SAMPLE_CHUNK` samples are drawn in chunks of that many (the k-th from the
         sample key folded with k), so memory is bounded by a chunk; `between()` is called between
         chunks (e.g. to stop on a signal). With `sample.grid="searched"` the levels come from
-        `searched_grid` (kept in `cache_dir` when given)."""
+        `searched_grid`, with "tuned" from `tuned_grid` (kept in `cache_dir` when given)."""
         s = self.cfg.sample
         num = s.num if num is None else num
         ndev = 1 if mesh is None else mesh.devices.size
@@ -422,10 +456,16 @@ class Experiment:
         raw = self.sample_conditions(total)
         score = self.sampling_score(model)
         opts = {**sample_options(self.cfg), **overrides}
-        if s.grid == "searched" and "grid" not in overrides and opts["steps"] is not None \
-                and "grid" in samplers.SAMPLERS[opts["method"]].options:
-            opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=opts["t_end"],
-                                              cache_dir=cache_dir)
+        if s.grid in ("searched", "tuned") and "grid" not in overrides \
+                and opts["steps"] is not None and "grid" in samplers.SAMPLERS[opts["method"]].options:
+            if s.grid == "searched" or opts["steps"] < 3:  # two levels: nothing to tune
+                opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=opts["t_end"],
+                                                  cache_dir=cache_dir)
+            else:
+                own = {k: v for k, v in opts.items() if k not in ("method", "steps", "t_end")}
+                opts["grid"] = self.tuned_grid(model, method=opts["method"], steps=opts["steps"],
+                                               t_end=opts["t_end"], options=own,
+                                               cache_dir=cache_dir)
         key = jax.random.key(s.seed)
         chunk = max(ndev, SAMPLE_CHUNK - SAMPLE_CHUNK % ndev)
         if total <= chunk:

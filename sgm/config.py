@@ -112,7 +112,8 @@ class SampleConfig:
     seed: int = 1
     quality: bool = False  # labelled images: score the samples offline (sgm.quality)
     grid: str = ""  # few-step samplers' noise levels: "" (the method's own), karras, logsnr, time,
-    #                 or "searched" on the model's trajectories (sgm.search_grid, kept in the run)
+    #                 "searched" on the model's trajectories (sgm.search_grid, kept in the run), or
+    #                 "tuned": searched, then fitted to the method by gradient (sgm.tune_grid)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ process 0 only (`main_process`), each one whole or not at all:
     checkpoints/      the train state on train.ckpt_every       `train_phase`
     metrics.jsonl     training and held-out records (and tensorboard/, wandb/ with train.log_to)
     samples.npz       samples, and their conditions             `sample_phase`
-    grid-*.npz        the search of sample.grid=searched         `build.Experiment.searched_grid`
+    grid-*.npz        the search of sample.grid=searched/tuned   `build.Experiment.searched_grid`
+    grid-tuned-*.npz  the levels of sample.grid=tuned            `build.Experiment.tuned_grid`
     likelihood.json   the held-out likelihood                   `likelihood_phase`
     summary.json      times, NFEs, losses, the likelihood       `read_summary`, `write_summary`
     figs/             training.png, samples.png, reverse.png (images and fields), density.png (2-D)

@@ -46,7 +46,14 @@ def _bisect(f, target, hi, iters: int = 64):
         return jnp.where(above, lo, mid), jnp.where(above, mid, up)
 
     lo, up = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(target), jnp.full_like(target, hi)))
-    return 0.5 * (lo + up)
+    root = jax.lax.stop_gradient(0.5 * (lo + up))
+    # The bisection's comparisons carry no derivative; the implicit function theorem does:
+    # dx = (d target - df) / f'(x). One Newton correction whose value is cancelled (so the root is
+    # the bisection's to the last bit) carries exactly that derivative, for target and for any
+    # parameters f closes over (a learned schedule's), e.g. to tune sampler levels by gradient.
+    value, slope = jax.jvp(f, (root,), (jnp.ones_like(root),))
+    step = (target - value) / jnp.where(slope > 0, slope, 1.0)
+    return root + (step - jax.lax.stop_gradient(step))
 
 
 # --------------------------------------------------------------------------------------------

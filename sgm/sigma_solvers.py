@@ -59,7 +59,10 @@ def sigma_grid(sde: AbstractSDE, t_end, n: int, grid: str = "karras", rho: float
     - a sequence of n decreasing positive levels, used as given (e.g. `sgm.step_search`'s).
     """
     if not isinstance(grid, str):
-        levels = np.asarray(grid, dtype=np.float64)
+        try:
+            levels = np.asarray(grid, dtype=np.float64)
+        except jax.errors.TracerArrayConversionError:  # levels being tuned (`sgm.tune_grid`)
+            return jnp.asarray(grid, jnp.result_type(float))
         if levels.shape != (n,) or not np.all(levels > 0) or not np.all(np.diff(levels) < 0):
             raise ConfigError(f"a grid of noise levels must be {n} decreasing positive numbers "
                               f"(one per step), got {tuple(np.round(levels, 6).tolist())}")

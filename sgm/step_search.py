@@ -22,19 +22,26 @@ It costs `num * fine` score evaluations once per model, sampler step count and e
 result is a tuple of N noise levels that every few-step sampler takes as its `grid`
 (`sgm.sample(..., method="ipndm", steps=N, grid=levels)`). The cost is the first-order step's, for
 every sampler: higher-order steps inherit the levels (as in the paper, which reports it with iPNDM).
+
+`tune_grid` then fits such levels to one sampler by gradient descent on its own error against
+accurate solves, which is what takes iPNDM at 10 evaluations to the exact samples of the 64-D
+Gaussian of `bench/samplers.py` (see `docs/results/samplers.md`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from .errors import ConfigError, NumericalError
-from .samplers import BatchedScore
+from .ode_solvers import check_solved
+from .samplers import SAMPLERS, BatchedScore, _ode
 from .sde import AbstractSDE
 from .sigma_solvers import AB_WEIGHTS, _denoiser, sigma_grid
 
@@ -155,3 +162,120 @@ def search_costs(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, k
 def levels_for(levels: np.ndarray, costs: np.ndarray, steps: int) -> tuple[float, ...]:
     """The `steps` of the candidate `levels` with the least total jump cost (`search_costs`)."""
     return tuple(float(s) for s in np.asarray(levels)[cheapest_path(np.asarray(costs), steps - 1)])
+
+
+# ----------------------------------------------------------------- levels tuned by gradient descent
+
+
+def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels, *, key,
+              method: str = "ipndm", num: int = 256, batch: int | None = None, iters: int = 100,
+              lr: float = 0.05, t_end: float | None = None, cond: dict | None = None,
+              clip: tuple[float, float] | None = None, rtol: float = 1e-5,
+              options: dict | None = None) -> tuple[float, ...]:
+    """`levels` moved to where `method` itself lands closest to the exact probability-flow map.
+
+    The search above prices every step as an Euler step; the few-step solvers take larger,
+    higher-order steps whose errors partly cancel, so the best levels for them differ. This
+    fits the levels to the solver itself (after Tong, Lin, Zhao, Zhou & Tan, "Learning to
+    Discretize Denoising Diffusion ODEs", ICLR 2025, with a plain squared error):
+
+    1. `num` prior draws are solved accurately by the adaptive `ode` sampler (shared steps,
+       rtol = atol = `rtol`, a Tweedie step at t_end): the targets x*;
+    2. the interior levels, parametrised by a softmax over the decrements of log sigma (so they
+       stay ordered between the fixed first and last level), take `iters` Adam steps (`lr`) on
+       the mean squared distance between `method`'s samples on those levels and x*, each on
+       `batch` draws picked at random, with gradients through the sampler and the score;
+    3. the result replaces `levels` only if it is closer to x* on all `num` draws.
+
+    Cost, once per model, method and step count: about `num` accurate solves plus
+    `iters * batch * steps` score evaluations with their gradients (the score is recomputed in
+    the backward pass, so memory holds one step's activations per draw).
+
+    Arguments:
+        score, sde, shape, t_end, cond, clip: as `search_grid`'s (`cond`: per-draw arrays,
+            leading axis `num`).
+        key: PRNG key; the `num` draws are those `sgm.sample` starts from with this key.
+        levels: the starting levels, sigma(t1) first and sigma(t_end) last (e.g. `search_grid`'s
+            or `sigma_solvers.sigma_grid`'s); their number is the sampler's `steps`.
+        method: a sampler with a `grid` option: "heun", "dpm2m", "dpm3m", "unipc" or "ipndm".
+        num: draws whose exact endpoints the levels are fitted to.
+        batch: draws per gradient step (default min(32, num)).
+        iters: gradient steps (0: `levels` unchanged).
+        lr: Adam's learning rate on the softmax logits.
+        rtol: tolerance of the accurate solves.
+        options: further options of `method` (e.g. unipc's order).
+
+    Returns:
+        A tuple of decreasing floats, `len(levels)` of them with the same first and last, to
+        pass as `grid=` to `method` with `steps=len(levels)`.
+    """
+    entry = SAMPLERS.get(method)
+    if entry is None or "grid" not in entry.options:
+        takes = ", ".join(m for m, e in SAMPLERS.items() if "grid" in e.options)
+        raise ConfigError(f"tune_grid tunes the levels of a sampler with a grid ({takes}), "
+                          f"not {method!r}")
+    start = np.asarray(levels, np.float64)
+    if start.ndim != 1 or start.size < 2 or not np.all(start > 0) \
+            or not np.all(np.diff(start) < 0):
+        raise ConfigError(f"tune_grid needs at least 2 decreasing positive levels, got "
+                          f"{tuple(np.round(start, 6).tolist())}")
+    batch = min(32, num) if batch is None else batch
+    if num < 1 or not 1 <= batch <= num or iters < 0 or not lr > 0:
+        raise ConfigError(f"tune_grid needs num >= 1, 1 <= batch <= num, iters >= 0 and lr > 0, "
+                          f"got num={num}, batch={batch}, iters={iters}, lr={lr}")
+    if start.size == 2 or iters == 0:
+        return tuple(float(s) for s in start)
+    t_end = sde.sampling_t0 if t_end is None else t_end
+    options = dict(options or {})
+    k_prior, k_rest = jax.random.split(key)  # k_prior: `sgm.sample`'s prior draw for this key
+    k_batch, k_run = jax.random.split(k_rest)
+    x1 = sde.prior_sample(k_prior, (num, *shape))
+    cond = {} if cond is None else dict(cond)
+
+    @eqx.filter_jit
+    def targets(score, x1, cond):
+        x, info = _ode(BatchedScore(score, cond or None), sde, x1, None, steps=None, t_end=t_end,
+                       denoise=True, clip=clip, progress=lambda *_: None, return_path=False,
+                       rtol=rtol, atol=rtol)
+        return x, info["failure"]
+
+    ref, failed = targets(score, x1, cond)
+    check_solved(failed, "tune_grid's accurate solves", 16384,
+                 "loosen its rtol or check the score")
+    lo, hi = math.log(start[0]), math.log(start[-1])
+
+    def levels_of(logits):
+        frac = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))])
+        return jnp.exp(lo + (hi - lo) * frac).at[0].set(start[0]).at[-1].set(start[-1])
+
+    def distance(logits, score, x1, ref, cond):
+        remat = jax.checkpoint(lambda t, x, c: score(t, x, **c))
+        bscore = BatchedScore(lambda t, x, **c: remat(t, x, c), cond or None)
+        x, _ = entry.fn(bscore, sde, x1, k_run, steps=start.size, t_end=t_end, denoise=True,
+                        clip=clip, progress=lambda *_: None, return_path=False,
+                        **{**options, "grid": levels_of(logits)})
+        return jnp.mean((x - ref) ** 2)
+
+    opt = optax.adam(lr)
+
+    @eqx.filter_jit
+    def fit(logits, score, x1, ref, cond, key):
+        def step(carry, k):
+            p, state = carry
+            pick = jax.random.choice(k, num, (batch,), replace=False)
+            sub = jax.tree_util.tree_map(lambda a: a[pick], (x1, ref, cond))
+            g = jax.grad(distance)(p, score, *sub)
+            update, state = opt.update(g, state)
+            return (optax.apply_updates(p, update), state), None
+
+        (p, _), _ = jax.lax.scan(step, (logits, opt.init(logits)), jax.random.split(key, iters))
+        return p, distance(logits, score, x1, ref, cond), distance(p, score, x1, ref, cond)
+
+    logits0 = jnp.log(jnp.asarray(np.diff(np.log(start)) / (hi - lo), jnp.result_type(float)))
+    logits, before, after = fit(logits0, score, x1, ref, cond, k_batch)
+    if not (np.isfinite(float(after)) and np.isfinite(float(before))):
+        raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
+    if float(after) >= float(before):
+        return tuple(float(s) for s in start)
+    tuned = np.asarray(levels_of(logits), np.float64)
+    return tuple(float(s) for s in tuned)

@@ -3,6 +3,7 @@
 import math
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -117,6 +118,39 @@ def test_noise_level_time_inverts_noise_level(name, sde):
     bisected = sgm.AbstractSDE.noise_level_time(sde, sig)
     np.testing.assert_allclose(bisected, t, rtol=2e-4, atol=1e-6)
     np.testing.assert_allclose(sde.log_snr(t), 2 * jnp.log(sde.scale(t) / sde.std(t)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,sde", SDES, ids=[n for n, _ in SDES])
+def test_noise_level_time_has_the_inverse_functions_derivative(name, sde):
+    """dt/dsigma = 1 / sigma'(t) through the closed forms and through bisection (whose comparisons
+    alone carry no derivative): what tuning sampler levels by gradient needs."""
+    t = jnp.array([0.01, 0.1, 0.37, 0.8])
+    slope = jax.vmap(jax.grad(sde.noise_level))(t)
+    sig = sde.noise_level(t)
+    for inverse in (sde.noise_level_time, lambda s: sgm.AbstractSDE.noise_level_time(sde, s)):
+        np.testing.assert_allclose(jax.vmap(jax.grad(inverse))(sig), 1.0 / slope, rtol=2e-3)
+
+
+def test_bisection_gives_a_learned_schedules_parameters_the_implicit_gradient():
+    """t(sigma) on a learned schedule (bisection) depends on its parameters theta through
+    sigma(t; theta) = level: dt/dtheta = -(d sigma / d theta) / sigma'(t)."""
+    sched = sgm.LearnedSchedule(jax.random.key(3))
+    vp = sgm.VPSDE(schedule=sched)
+    level = vp.noise_level(jnp.float32(0.4))
+    params, rest = eqx.partition(sched, eqx.is_inexact_array)
+
+    def time_of(p):
+        return sgm.VPSDE(schedule=eqx.combine(p, rest)).noise_level_time(level)
+
+    def level_of(p):
+        return sgm.VPSDE(schedule=eqx.combine(p, rest)).noise_level(jnp.float32(0.4))
+
+    d_level = jax.grad(level_of)(params)
+    expected = jax.tree.map(lambda d: -d / float(jax.grad(vp.noise_level)(jnp.float32(0.4))),
+                            d_level)
+    got = jax.grad(time_of)(params)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(g, e, rtol=2e-3, atol=1e-6)
 
 
 def test_ve_noise_level_is_not_its_geometric_sigma():
