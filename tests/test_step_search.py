@@ -87,6 +87,17 @@ def test_ten_evaluations_on_searched_levels_reach_exact_sampling(name):
     assert _sliced_w2(x, exact, dirs) <= 1.3 * floor
 
 
+def _ipndm_experiment(grid):
+    """A tiny eight-Gaussians experiment sampling with ipndm at 6 steps on `sample.grid=grid`,
+    and its EMA model."""
+    from sgm import build
+
+    sets = ["train.steps=2", "model.width=16", "model.depth=1", "sample.method=ipndm",
+            "sample.steps=6", f"sample.grid={grid}", "train.batch_size=32"]
+    exp = build.experiment(build.load("configs/eight_gaussians.py", sets))
+    return exp, exp.state.ema
+
+
 def test_a_config_searches_once_and_keeps_the_levels(tmp_path, monkeypatch):
     """sample.grid=searched: the run's sampler gets levels searched on its model; the search is
     kept in the work directory and read back (no second search) for the same weights, at any step
@@ -94,10 +105,7 @@ def test_a_config_searches_once_and_keeps_the_levels(tmp_path, monkeypatch):
     loaded."""
     from sgm import build
 
-    sets = ["train.steps=2", "model.width=16", "model.depth=1", "sample.method=ipndm",
-            "sample.steps=6", "sample.grid=searched", "train.batch_size=32"]
-    exp = build.experiment(build.load("configs/eight_gaussians.py", sets))
-    model = exp.state.ema
+    exp, model = _ipndm_experiment("searched")
     calls = []
     real = build.search_costs
 
@@ -201,10 +209,7 @@ def test_a_config_tunes_once_per_step_count_and_keeps_the_levels(tmp_path, monke
     (`sgm.tune_grid`), kept in the work directory per method and step count and read back."""
     from sgm import build
 
-    sets = ["train.steps=2", "model.width=16", "model.depth=1", "sample.method=ipndm",
-            "sample.steps=6", "sample.grid=tuned", "train.batch_size=32"]
-    exp = build.experiment(build.load("configs/eight_gaussians.py", sets))
-    model = exp.state.ema
+    exp, model = _ipndm_experiment("tuned")
     calls = []
     real = build.tune_grid
 
