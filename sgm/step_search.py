@@ -242,6 +242,9 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         return x
 
     ref = targets(score, x1, cond)
+    if not bool(jnp.all(jnp.isfinite(ref))):  # before the gradient steps, not after them
+        raise NumericalError("tune_grid's accurate solves are not finite: the score returns NaN "
+                             "or inf")
     lo, hi = math.log(start[0]), math.log(start[-1])
 
     def levels_of(logits):
@@ -273,8 +276,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
 
     logits0 = jnp.log(jnp.asarray(np.diff(np.log(start)) / (hi - lo), jnp.result_type(float)))
     logits, before, after = fit(logits0, score, x1, ref, cond, k_batch)
-    if not (np.isfinite(float(after)) and np.isfinite(float(before))
-            and bool(jnp.all(jnp.isfinite(ref)))):
+    if not (np.isfinite(float(after)) and np.isfinite(float(before))):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
     if float(after) >= float(before):
         return tuple(float(s) for s in start)
