@@ -31,6 +31,10 @@ def parse_args(argv=None):
                         "may be repeated; later values win)")
     p.add_argument("--mode", choices=run.MODES, default="all")
     p.add_argument("--workdir", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--checkpoint", choices=run.CHECKPOINTS, default="best",
+                   help="what sample and likelihood evaluate: the checkpoint with the best "
+                        "validation NLL (where training evaluated every train.eval_every steps; "
+                        "else the newest) or the newest (default best)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (training, sampling, likelihood)")
     p.add_argument("--density-grid", type=int, default=run.DENSITY_GRID, metavar="N",
@@ -49,7 +53,7 @@ def main(argv=None) -> int:
     return run.main(a.config, sets=a.set, mode=a.mode, workdir=a.workdir,
                     progress=not a.no_progress, density_grid=a.density_grid,
                     coordinator=a.coordinator, num_processes=a.num_processes,
-                    process_id=a.process_id)
+                    process_id=a.process_id, checkpoint=a.checkpoint)
 
 
 if __name__ == "__main__":

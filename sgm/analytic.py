@@ -15,18 +15,49 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
+from .errors import ConfigError
 from .sde import AbstractSDE
+
+
+def _array(name: str, value) -> jax.Array:
+    """`value` as a float array, or a ConfigError naming the argument (ragged lists, strings)."""
+    try:
+        return jnp.asarray(value, float)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"GaussianMixture's {name} must be an array of numbers, got "
+                          f"{value!r}") from err
+
+
+def _check_values(name: str, a: jax.Array, positive: bool) -> None:
+    """A ConfigError unless every entry of `a` is finite (and > 0 when `positive`); read on the
+    host, and skipped for a traced `a` (a mixture built inside the caller's `jax.jit`)."""
+    if isinstance(a, jax.core.Tracer):
+        return
+    v = np.asarray(a)
+    bad = ~np.isfinite(v) | ((v <= 0) if positive else False)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        what = "positive finite numbers" if positive else "finite numbers"
+        raise ConfigError(f"GaussianMixture's {name} must be {what}; {int(bad.sum())} of its "
+                          f"{v.size} entries fail that (the first, at index {first}: "
+                          f"{float(v[first]):g})")
 
 
 class GaussianMixture(eqx.Module):
     """Mixture of axis-aligned Gaussians in D dimensions.
 
     Arguments:
-        weights: (K,) mixture weights (normalised here).
-        means: (K, D) component means.
-        stds: (K, D) per-dimension standard deviations (or (K,) / scalar, broadcast).
+        weights: (K,) positive, finite mixture weights (normalised here to sum to 1).
+        means: (K, D) finite component means (a (D,) vector is one component).
+        stds: (K, D) positive, finite per-dimension standard deviations, or (K,) one per
+            component, or a scalar for all.
+
+    A ConfigError refuses anything else: weights that are not positive and finite, a standard
+    deviation that is not positive and finite, non-finite means, or shapes that disagree (K
+    weights for another number of means, stds that are neither a scalar, (K,) nor (K, D)).
     """
 
     weights: jax.Array
@@ -34,13 +65,29 @@ class GaussianMixture(eqx.Module):
     stds: jax.Array
 
     def __init__(self, weights, means, stds):
-        means = jnp.atleast_2d(jnp.asarray(means, float))
-        w = jnp.asarray(weights, float)
+        w, means, stds = _array("weights", weights), _array("means", means), _array("stds", stds)
+        means = jnp.atleast_2d(means)
+        if means.ndim != 2 or 0 in means.shape:
+            raise ConfigError(f"GaussianMixture's means must be (K, D): K >= 1 components in "
+                              f"D >= 1 dimensions, got shape {means.shape}")
+        k = means.shape[0]
+        if w.shape != (k,):
+            raise ConfigError(f"GaussianMixture needs one weight per component: {k} means of "
+                              f"dimension {means.shape[1]}, but weights of shape {w.shape}")
+        _check_values("weights", w, positive=True)
+        _check_values("means", means, positive=False)
+        _check_values("stds", stds, positive=True)
+        if stds.ndim == 1:  # one isotropic std per component
+            if stds.shape != (k,):
+                raise ConfigError(f"GaussianMixture's stds of shape {stds.shape} must be one per "
+                                  f"component ({k},), (K, D) = {means.shape} or a scalar")
+            stds = stds[:, None]
+        if stds.ndim > 2 or not all(n in (1, m) for n, m in zip(stds.shape[::-1],
+                                                                means.shape[::-1])):
+            raise ConfigError(f"GaussianMixture's stds of shape {stds.shape} must be a scalar, "
+                              f"one per component ({k},) or (K, D) = {means.shape}")
         self.weights = w / jnp.sum(w)
         self.means = means
-        stds = jnp.asarray(stds, float)
-        if stds.ndim == 1:  # one isotropic std per component
-            stds = stds[:, None]
         self.stds = jnp.broadcast_to(stds, means.shape)
 
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -27,10 +28,11 @@ import numpy as np
 import optax
 
 from . import checkpoint as ckpt
+from . import npz
 from . import config as C
 from . import data, evaluate, likelihood, parallel, quality, samplers, track, train
 from .config import Config
-from .errors import CheckpointError, ConfigError, CorruptCheckpointError
+from .errors import CheckpointError, ConfigError, CorruptCheckpointError, NumericalError
 from .likelihood import DEQUANT_BOUNDS
 from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .conditioning import Conditioning
@@ -185,7 +187,7 @@ def build_sde(cfg: Config):
 def build_dataset(cfg: Config) -> data.Dataset:
     d = cfg.data
     return data.load(d.name, root=d.root, n_train=d.n_train, n_test=d.n_test,
-                     image_size=d.image_size, seed=d.seed)
+                     image_size=d.image_size, seed=d.seed, val_fraction=d.val_fraction)
 
 
 def build_conditioning(cfg: Config, ds: data.Dataset) -> Conditioning:
@@ -309,24 +311,50 @@ class Experiment:
                            log_every=t.log_every, ckpt_every=t.ckpt_every, eval_every=t.eval_every,
                            keep_checkpoints=t.keep_checkpoints, on_nan=t.on_nan, **hooks)
 
-    def heldout_loss(self, model, *, num: int | None = None) -> float:
+    def split(self, name: str):
+        """The raw points and conditions of split `name`: "val" (what training-time metrics,
+        early stopping and the best checkpoint read) or "test" (read once, for the reported
+        number)."""
+        if name not in ("val", "test"):
+            raise ConfigError(f"split={name!r} is invalid: expected 'val' or 'test'.")
+        return getattr(self.ds, name), getattr(self.ds, f"{name}_cond")
+
+    def heldout_loss(self, model, *, num: int | None = None, split: str = "val") -> float:
+        """The training objective (`loss_options(heldout=True)`) on the first `num` (default
+        train.eval_num) points of `split`, with a fixed key (comparable from one step to the
+        next); a split of fewer than `HELDOUT_POINTS` points is repeated up to about that many,
+        each copy with its own noise and time."""
         num = self.cfg.train.eval_num if num is None else num
-        cond = None if self.ds.test_cond is None else self.ds.test_cond[:num]
-        return evaluate.heldout_loss(model, self.preprocess, self.ds.test[:num], self.cond(cond),
+        x, raw = self.split(split)
+        x, raw = x[:num], None if raw is None else raw[:num]
+        reps = max(1, HELDOUT_POINTS // len(x))
+        x = np.concatenate([x] * reps)
+        raw = None if raw is None else np.concatenate([raw] * reps)
+        return evaluate.heldout_loss(model, self.preprocess, x, self.cond(raw),
                                      key=jax.random.key(0), **loss_options(self.cfg, heldout=True))
 
     def heldout_likelihood(self, model, *, num: int | None = None, mesh=None,
-                           solver_check: float | None = None, **overrides) -> dict:
-        """Held-out NLL/bits per dim (`evaluate.heldout_likelihood`); where the data's density is
+                           solver_check: float | None = None, split: str = "test",
+                           **overrides) -> dict:
+        """Held-out NLL/bits per dim of the first `num` (default likelihood.num) points of
+        `split` (`evaluate.heldout_likelihood`), with `nll_per_dim`; where the data's density is
         known also `true_nll` (the exact NLL of the same points), `gap` (NLL - true_nll) and
         `gap_stderr` (the standard error of the per-point differences; None for one point); with
         `solver_check` (default likelihood.solver_check; 0: none) the solver's error bar on that
-        fraction of the points (`evaluate.solver_error`)."""
+        fraction of the points, but at least min(num, `SOLVER_CHECK_MIN`) of them
+        (`evaluate.solver_error`)."""
         lc = self.cfg.likelihood
-        num = min(lc.num if num is None else num, self.ds.test.shape[0])
-        x = self.ds.test[:num]
-        raw = None if self.ds.test_cond is None else self.ds.test_cond[:num]
+        xs, raws = self.split(split)
+        num = min(lc.num if num is None else num, xs.shape[0])
+        x = xs[:num]
+        raw = None if raws is None else raws[:num]
         opts = {**likelihood_options(self.cfg), **overrides}
+        frac = lc.solver_check if solver_check is None else solver_check
+        m = 0 if frac <= 0 else min(num, max(math.ceil(frac * num), SOLVER_CHECK_MIN))
+        progress = opts.pop("progress", None)
+        draws = opts["dequant_samples"] if self.ds.levels else 1  # solves per point
+        if progress is not None:  # one count over the test points and the error bar's solves
+            opts["progress"] = lambda done, _: progress(done, draws * (num + 2 * m))
         exact = self.ds.log_prob is not None
         out = evaluate.heldout_likelihood(model, self.preprocess, x, self.cond(raw),
                                           key=jax.random.key(lc.seed), mesh=mesh,
@@ -340,9 +368,13 @@ class Experiment:
             out["gap_stderr"] = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
             if not opts.get("return_draws", False):
                 del out["draws"]
-        m = math.ceil((lc.solver_check if solver_check is None else solver_check) * num)
+        out["nll_per_dim"] = out["nll"] / self.ds.dim
+        out["split"] = split
         if m > 0:  # a subsample again at a tenth of the tolerances: the solver's error bar
             check = {k: v for k, v in opts.items() if k not in ("progress", "progress_meter")}
+            if progress is not None:
+                check["progress"] = lambda done, _: progress(draws * num + done,
+                                                             draws * (num + 2 * m))
             out.update(evaluate.solver_error(model, self.preprocess, x[:m],
                                              self.cond(None if raw is None else raw[:m]),
                                              key=jax.random.key(lc.seed), mesh=mesh, **check))
@@ -376,34 +408,112 @@ class Experiment:
             return GuidedScore(model, None, self.ds.num_classes, self.cfg.sample.guidance)
         return model
 
+    def _grid_cache(self, model, cache_dir: Path | None, prefix: str, t_end: float | None,
+                    **content) -> tuple[Path | None, str]:
+        """Where a grid of `model` is kept in `cache_dir` (None without one) and its key: the
+        JSON text of everything the grid depends on, i.e. the weights, the sample conditions,
+        t_end, guidance, seed, the search's warm-up draws, the data range and `content` (the
+        candidates; for a tuned grid also its method, steps and the method's options). The
+        key's digest ends the file name, and the file holds the key itself."""
+        if cache_dir is None:
+            return None, ""
+        s = self.cfg.sample
+        raw = self.sample_conditions(SEARCH_WARMUP)
+        weights = ckpt.tree_digest(model)
+        key = json.dumps({"weights": weights, "t_end": t_end, "guidance": s.guidance,
+                          "seed": s.seed, "warmup": SEARCH_WARMUP, "clip": self.preprocess.clip,
+                          "conditions": None if raw is None else ckpt.tree_digest(np.asarray(raw)),
+                          **content}, sort_keys=True, default=repr)
+        tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return Path(cache_dir) / f"{prefix}-{t_end}-g{s.guidance:g}-{weights[:16]}-{tag}.npz", key
+
+    @staticmethod
+    def _read_grid(path: Path | None, key: str, sde, t_end: float | None, count: int,
+                   costs: bool = False) -> dict | None:
+        """The `levels` (with `costs`, also the search's jump `costs`) kept at `path` when the
+        file is whole, was written for `key` and holds what a search or a tuning gives, else
+        None, and the caller computes them again and replaces the file: none there, a damaged
+        one (`npz.load`: truncated, not an .npz, an array header claiming more than the file
+        holds), another key, levels that are not `count` finite numbers decreasing strictly from
+        `sde`'s sigma(t1) down to sigma(t_end) > 0, or costs that are not finite and
+        non-negative from each level to the later ones and inf elsewhere."""
+        if path is None or not path.exists():
+            return None
+        names = ("key", "levels", "costs") if costs else ("key", "levels")
+        try:
+            kept = npz.load(path, names, limit=8 * count * (count if costs else 1) + 4 * len(key))
+        except (OSError, ValueError):
+            return None
+        stored, levels = kept["key"], kept["levels"]
+        if stored.shape != () or stored.dtype.kind != "U" or str(stored) != key:
+            return None
+        if levels.shape != (count,) or levels.dtype.kind != "f":
+            return None
+        t_end = sde.sampling_t0 if t_end is None else t_end
+        hi, lo = float(sde.noise_level(sde.t1)), float(sde.noise_level(t_end))
+        levels = levels.astype(np.float64)
+        if not (np.all(np.isfinite(levels)) and np.all(np.diff(levels) < 0) and levels[-1] > 0
+                and math.isclose(levels[0], hi, rel_tol=1e-3)
+                and math.isclose(levels[-1], lo, rel_tol=1e-3)):
+            return None
+        if costs:
+            c = kept["costs"]
+            if c.shape != (count, count) or c.dtype.kind != "f":
+                return None
+            c = c.astype(np.float64)
+            later = c[np.triu_indices(count, 1)]
+            if not (np.all(np.isfinite(later) & (later >= 0))
+                    and np.all(c[np.tril_indices(count)] == np.inf)):
+                return None
+            return {"levels": levels, "costs": c}
+        return {"levels": levels}
+
+    @staticmethod
+    def _write_grid(path: Path | None, key: str, **arrays) -> None:
+        """Keeps `arrays` with their `key` at `path` (nothing for None), replacing what was there
+        in one step (`ckpt.atomic_open`)."""
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with ckpt.atomic_open(path, "wb") as f:
+            np.savez(f, key=np.asarray(key), **arrays)
+
+    def _not_finite(self, what: str) -> NumericalError:
+        """The error for `what` (a grid search's or tuning's trajectories) not being finite, with
+        its likely cause: guidance when it is on, else the model's score itself."""
+        g = self.cfg.sample.guidance
+        if self.conditioning.guidable and g != 0:
+            return NumericalError(
+                f"{what} are not finite with classifier-free guidance at sample.guidance={g:g}, "
+                f"which weighs the conditional score by {1 + g:g}: lower sample.guidance (0 to "
+                f"about 10 is usual).")
+        return NumericalError(f"{what} are not finite: the model's score returns NaN or inf; use "
+                              f"a checkpoint from before training diverged, or train again.")
+
     def searched_grid(self, model, *, steps: int, t_end: float | None = None,
                       cache_dir: Path | None = None) -> tuple[float, ...]:
         """`steps` noise levels searched on the (guided) model's own trajectories
         (`sgm.search_grid`, `SEARCH_WARMUP` draws with the sample conditions, over
-        `SEARCH_CANDIDATES` levels). With `cache_dir` the search's candidates and jump costs are
-        kept in `cache_dir/grid-<t_end>-g<guidance>-<model digest>.npz` and read back by the next
-        call for the same weights and guidance, whatever its step count: a run searches once."""
+        max(`SEARCH_CANDIDATES`, steps) levels). With `cache_dir` the search's candidates and
+        jump costs are kept in `cache_dir/grid-<t_end>-g<guidance>-<weights>-<key>.npz` (the key:
+        all they depend on, `_grid_cache`) and read back by the next call with the same key,
+        whatever its step count up to `SEARCH_CANDIDATES`: a run searches once. A cache that is
+        damaged or holds no valid search (`_read_grid`) is searched again and replaced."""
         s = self.cfg.sample
-        cache = None
-        if cache_dir is not None:
-            digest = ckpt.tree_digest(model)[:16]
-            cache = Path(cache_dir) / f"grid-{t_end}-g{s.guidance:g}-{digest}.npz"
-            if cache.exists():
-                try:
-                    with np.load(cache, allow_pickle=False) as f:
-                        return levels_for(f["levels"], f["costs"], steps)
-                except (OSError, ValueError, KeyError, ConfigError):
-                    pass  # unreadable or too few candidates: search again and replace it
+        fine = max(SEARCH_CANDIDATES, steps)
+        cache, key = self._grid_cache(model, cache_dir, "grid", t_end, candidates=fine)
+        kept = self._read_grid(cache, key, model.sde, t_end, fine, costs=True)
+        if kept is not None:
+            return levels_for(kept["levels"], kept["costs"], steps)
         raw = self.sample_conditions(SEARCH_WARMUP)
-        levels, costs = search_costs(
-            self.sampling_score(model), model.sde, self.ds.shape,
-            key=jax.random.fold_in(jax.random.key(s.seed), 7), num=SEARCH_WARMUP,
-            fine=max(SEARCH_CANDIDATES, steps), t_end=t_end, cond=self.cond(raw),
-            clip=self.preprocess.clip)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with ckpt.atomic_open(cache, "wb") as f:
-                np.savez(f, levels=levels, costs=costs)
+        try:
+            levels, costs = search_costs(
+                self.sampling_score(model), model.sde, self.ds.shape,
+                key=jax.random.fold_in(jax.random.key(s.seed), 7), num=SEARCH_WARMUP, fine=fine,
+                t_end=t_end, cond=self.cond(raw), clip=self.preprocess.clip)
+        except NumericalError:
+            raise self._not_finite("the grid search's warm-up trajectories") from None
+        self._write_grid(cache, key, levels=levels, costs=costs)
         return levels_for(levels, costs, steps)
 
     def tuned_grid(self, model, *, method: str, steps: int, t_end: float | None = None,
@@ -411,33 +521,29 @@ class Experiment:
                    ) -> tuple[float, ...]:
         """`searched_grid`'s levels tuned for `method` by gradient on the model's own accurate
         solves (`sgm.tune_grid`, `SEARCH_WARMUP` draws with the sample conditions; `options`:
-        the method's further options). With `cache_dir` the levels are kept in
-        `cache_dir/grid-tuned-<method>-<steps>-<t_end>-g<guidance>-<digest>.npz`, read back for
-        the same weights, guidance, method and steps: a run tunes once per step count."""
+        the method's own options, e.g. unipc's order). With `cache_dir` the levels are kept in
+        `cache_dir/grid-tuned-<method>-<steps>-<t_end>-g<guidance>-<weights>-<key>.npz`, the key
+        covering the search's and the method's options (`_grid_cache`), and read back for the
+        same key: a run tunes once per method, options and step count. A cache that is damaged
+        or holds no valid levels (`_read_grid`) is tuned again and replaced."""
         s = self.cfg.sample
-        cache = None
-        if cache_dir is not None:
-            digest = ckpt.tree_digest(model)[:16]
-            name = f"grid-tuned-{method}-{steps}-{t_end}-g{s.guidance:g}-{digest}.npz"
-            cache = Path(cache_dir) / name
-            if cache.exists():
-                try:
-                    with np.load(cache, allow_pickle=False) as f:
-                        levels = tuple(float(v) for v in f["levels"])
-                    if len(levels) == steps:
-                        return levels
-                except (OSError, ValueError, KeyError):
-                    pass  # unreadable: tune again and replace it
+        own = {k: v for k, v in (options or {}).items() if k != "grid"}  # the levels are tuned
+        cache, key = self._grid_cache(model, cache_dir, f"grid-tuned-{method}-{steps}", t_end,
+                                      candidates=max(SEARCH_CANDIDATES, steps), method=method,
+                                      steps=steps, options=own)
+        kept = self._read_grid(cache, key, model.sde, t_end, steps)
+        if kept is not None:
+            return tuple(float(v) for v in kept["levels"])
         start = self.searched_grid(model, steps=steps, t_end=t_end, cache_dir=cache_dir)
         raw = self.sample_conditions(SEARCH_WARMUP)
-        levels = tune_grid(self.sampling_score(model), model.sde, self.ds.shape, start,
-                           key=jax.random.fold_in(jax.random.key(s.seed), 8), method=method,
-                           num=SEARCH_WARMUP, t_end=t_end, cond=self.cond(raw),
-                           clip=self.preprocess.clip, options=options)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with ckpt.atomic_open(cache, "wb") as f:
-                np.savez(f, levels=np.asarray(levels))
+        try:
+            levels = tune_grid(self.sampling_score(model), model.sde, self.ds.shape, start,
+                               key=jax.random.fold_in(jax.random.key(s.seed), 8), method=method,
+                               num=SEARCH_WARMUP, t_end=t_end, cond=self.cond(raw),
+                               clip=self.preprocess.clip, options=own)
+        except NumericalError:
+            raise self._not_finite(f"the trajectories that tune {method}'s levels") from None
+        self._write_grid(cache, key, levels=np.asarray(levels, np.float64))
         return levels
 
     def samples(self, model, *, num: int | None = None, mesh=None,
@@ -448,7 +554,9 @@ class Experiment:
         More than `SAMPLE_CHUNK` samples are drawn in chunks of that many (the k-th from the
         sample key folded with k), so memory is bounded by a chunk; `between()` is called between
         chunks (e.g. to stop on a signal). With `sample.grid="searched"` the levels come from
-        `searched_grid`, with "tuned" from `tuned_grid` (kept in `cache_dir` when given)."""
+        `searched_grid`, with "tuned" from `tuned_grid` (kept in `cache_dir` when given), which
+        is given the method's own options alone: `overrides` such as progress= or return_path=
+        only steer the sampler."""
         s = self.cfg.sample
         num = s.num if num is None else num
         ndev = 1 if mesh is None else mesh.devices.size
@@ -462,7 +570,8 @@ class Experiment:
                 opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=opts["t_end"],
                                                   cache_dir=cache_dir)
             else:
-                own = {k: v for k, v in opts.items() if k not in ("method", "steps", "t_end")}
+                mine = samplers.SAMPLERS[opts["method"]].options  # not progress= etc.
+                own = {k: v for k, v in opts.items() if k in mine}
                 opts["grid"] = self.tuned_grid(model, method=opts["method"], steps=opts["steps"],
                                                t_end=opts["t_end"], options=own,
                                                cache_dir=cache_dir)
@@ -473,7 +582,7 @@ class Experiment:
                                             num=total, key=key, cond=self.cond(raw), mesh=mesh,
                                             **opts)
         else:
-            parts = []
+            parts, finite = [], True
             for k, i in enumerate(range(0, total, chunk)):
                 if k and between is not None:
                     between()
@@ -483,10 +592,15 @@ class Experiment:
                     num=min(chunk, total - i), key=jax.random.fold_in(key, k),
                     cond=self.cond(part_raw), mesh=mesh, **opts)
                 parts.append(np.asarray(xk))
-            x = np.concatenate(parts)
+                finite = finite and info["finite"]
+            x, info = np.concatenate(parts), {**info, "finite": finite}
         return x[:num], info, None if raw is None else np.asarray(raw)[:num]
 
 
+#: the fewest points the likelihood's solver error bar rests on (all of them when fewer)
+SOLVER_CHECK_MIN = 20
+#: the fewest noisy points `Experiment.heldout_loss` averages (a small split is repeated)
+HELDOUT_POINTS = 512
 #: samples drawn at once by `Experiment.samples`; more are drawn in chunks of this many
 SAMPLE_CHUNK = 16384
 #: warm-up trajectories and candidate noise levels of `Experiment.searched_grid` (`sgm.search_grid`)
@@ -505,14 +619,17 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False, mes
     First the checks, each once: `cfg` itself (`check`; not again with `checked=True`, for a config
     that passed it, as `load`'s does), that train.batch_size splits over the devices of `mesh` (when
     given: the mesh `Experiment.train` will get), and over the training set and the processes,
-    and that sample.quality has labelled images to score.
+    and that sample.quality has labelled images to score. A train.batch_size larger than the
+    training split is capped at it (`cap_batch`: small tables train on full batches), and the
+    experiment's config says so.
     """
     if not checked:
         check(cfg)
+    ds = build_dataset(cfg)
+    cfg = cap_batch(cfg, ds.train.shape[0], 1 if mesh is None else mesh.devices.size)
     t = cfg.train
     if mesh is not None:
         parallel.check_batch(t.batch_size, mesh)
-    ds = build_dataset(cfg)
     if cfg.sample.quality:
         quality.check_data(ds)
     data.loader.check_batches(ds.train.shape[0], t.batch_size, jax.process_index(),
@@ -523,6 +640,19 @@ def experiment(cfg: Config, *, ckpt_dir=None, need_checkpoint: bool = False, mes
     exp = Experiment(cfg, ds, sde, cond, build_preprocess(cfg, ds), optimizer,
                      _new_state(cfg, ds, sde, cond, optimizer))
     return resume(exp, ckpt_dir, need_checkpoint=need_checkpoint)
+
+
+def cap_batch(cfg: Config, rows: int, devices: int = 1) -> Config:
+    """`cfg` with train.batch_size at most `rows` (the training split's size), rounded down to a
+    multiple of what it must split over (the devices, the processes and train.grad_accum); `cfg`
+    itself where the batch fits, or where no such multiple fits (the checks then say why)."""
+    t = cfg.train
+    if t.batch_size <= rows:
+        return cfg
+    unit = math.lcm(devices, jax.process_count(), t.grad_accum)
+    if rows < unit:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=rows - rows % unit))
 
 
 def _new_state(cfg: Config, ds, sde, cond: Conditioning, optimizer) -> train.TrainState:
@@ -544,6 +674,10 @@ def resume(exp: Experiment, ckpt_dir, *, need_checkpoint: bool = False) -> Exper
             return exp
         state = _new_state(exp.cfg, exp.ds, exp.sde, exp.conditioning, exp.optimizer)
         return dataclasses.replace(exp, state=state, checkpoint=None)
+    try:  # a checkpoint of another config is named by the field that differs, not a shape
+        _same_model(exp.cfg, ckpt.read_manifest(last), last)
+    except CorruptCheckpointError:
+        pass  # `ckpt.load` says what is damaged
     try:
         state, manifest = ckpt.load(last, exp.state)  # `exp.state` gives the structure
     except CorruptCheckpointError as e:
@@ -603,13 +737,29 @@ def _same_model(cfg: Config, manifest: dict, path) -> None:
                     f"not {value!r}: use another --workdir, or set it back to resume.")
 
 
-def load_run(workdir) -> Experiment:
-    """A finished `main.py` run from its work directory: config.json and the latest checkpoint.
+def default_workdir(cfg: Config) -> Path:
+    """A run's work directory unless one is given: runs/<config name>; for a user's array file
+    also the file's name (runs/<name>-<file stem>), so that two tables trained with one config
+    never share a work directory."""
+    if cfg.data.name == "array" and cfg.data.root:
+        return Path("runs") / f"{cfg.name}-{Path(cfg.data.root).stem}"
+    return Path("runs") / cfg.name
+
+
+def load_run(workdir, *, checkpoint: str = "best") -> Experiment:
+    """A finished `main.py` run from its work directory: config.json and a checkpoint, by default
+    the one with the best validation NLL (checkpoints/best, where the run evaluated during
+    training; else the latest), with "latest" the newest.
 
     `exp.state.ema` is the model to evaluate; `exp.cfg`, `exp.ds`, `exp.preprocess` are the run's.
     """
-    workdir = Path(workdir)
-    return experiment(run_config(workdir), ckpt_dir=workdir / "checkpoints", need_checkpoint=True)
+    if checkpoint not in ("best", "latest"):
+        raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected 'best' or 'latest'.")
+    ckpt_dir = Path(workdir) / "checkpoints"
+    exp = experiment(run_config(workdir), ckpt_dir=ckpt_dir, need_checkpoint=True)
+    if checkpoint == "best" and ckpt.latest(ckpt_dir / train.BEST) is not None:
+        exp = resume(exp, ckpt_dir / train.BEST, need_checkpoint=True)
+    return exp
 
 
 def run_config(workdir) -> Config:

@@ -84,7 +84,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # e.g. `path` is a folder: name it, not the temporary file
+            raise type(e)(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -127,8 +130,11 @@ def save(directory: str | Path, step: int, tree, metadata: dict | None = None, *
         with atomic_open(final) as f:
             np.savez(f, **arrays)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}; the previous "
-                              f"checkpoint is intact.") from None
+        last = latest(directory)
+        kept = (f"the previous checkpoint, {last.name}, is intact" if last is not None
+                else f"no earlier checkpoint is in {directory}")
+        raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}; "
+                              f"{kept}.") from None
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
@@ -157,7 +163,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest of a checkpoint file (raises CheckpointError if unreadable)."""
+    """The manifest of a checkpoint file; raises CheckpointError if unreadable, and
+    CorruptCheckpointError if its step is not the one its name (`ckpt_<step>.npz`) says."""
     path = Path(path)
     if (big := oversized(path)) is not None:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: the header of array {big} "
@@ -179,6 +186,10 @@ def read_manifest(path: str | Path) -> dict:
         raise CorruptCheckpointError(f"checkpoint {path} has a damaged manifest: expected an object "
                                      f"with a non-negative step, a list of leaves (path, shape, "
                                      f"dtype) and a metadata object.")
+    named = _NAME.match(path.name)
+    if named is not None and int(named.group(1)) != manifest["step"]:  # renamed or copied over
+        raise CorruptCheckpointError(f"checkpoint {path} holds step {manifest['step']} by its "
+                                     f"manifest, not step {int(named.group(1))} as its name says.")
     return manifest
 
 
@@ -263,7 +274,7 @@ def lock_workdir(directory: str | Path):
         holder = f.read().strip() or "another process"
         f.close()
         raise CheckpointError(f"work directory {directory} is in use by {holder}: wait for it to "
-                              f"finish or use another --workdir.") from None
+                              f"finish, or work in another directory.") from None
     f.seek(0)
     f.truncate()
     f.write(f"process {os.getpid()}\n")

@@ -33,6 +33,7 @@ class DataConfig:
     image_size: int | None = None
     seed: int = 0
     standardize: bool = True  # continuous data: fit mean/std on train (reported NLL is in data units)
+    val_fraction: float = 0.1  # training examples set aside for validation (unless the data has x_val)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_checkpoints: int = 2
     on_nan: str = "stop"  # or "skip"
-    eval_num: int = 512  # held-out points for loss / likelihood during training
+    eval_num: int = 512  # validation points for loss / likelihood during training
+    patience: int | None = None  # stop after this many evaluations without a better validation NLL
     log_to: tuple[str, ...] = ("jsonl",)  # metrics.jsonl; "tensorboard", "wandb" (optional extras)
 
     def __post_init__(self):  # a config file may name the loggers in a list, or name one
@@ -133,6 +135,7 @@ class LikelihoodConfig:
     error_norm: str = "point"  # shared steps: every point within tolerance, or "batch": their RMS
     solver_check: float = 0.1  # this fraction of the points again at rtol/10, atol/10: the error bar
     clock: str = "auto"  # the ODE's variable: t, logt, logsnr; auto: logsnr if learned, else t
+    baselines: bool = False  # classical density estimators beside the model (always for arrays)
 
 
 @dataclass(frozen=True)
@@ -171,16 +174,14 @@ def _convert(text: str, tp, where: str):
         if text.lower() in ("false", "0", "no"):
             return False
         raise ConfigError(f"{where}={text!r} is not a boolean: expected true or false.")
-    if tp is int:
+    if tp in (int, float):  # ASCII only: int() and float() also read other scripts' digits ("٣٠")
         try:
-            return int(text)
+            if text.isascii():
+                return tp(text)
         except ValueError:
-            raise ConfigError(f"{where}={text!r} is not an integer.") from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{where}={text!r} is not a number.") from None
+            pass
+        what = "an integer: expected digits 0-9" if tp is int else "a number: expected digits 0-9"
+        raise ConfigError(f"{where}={text!r} is not {what}.")
     return text
 
 
@@ -230,6 +231,10 @@ def load_file(path: str | Path) -> Config:
         where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
         raise ConfigError(f"config file {str(path)!r} failed to load{where}: "
                           f"{type(e).__name__}: {e}.") from None
+    except SystemExit as e:  # sys.exit() in the file must not end the command as if it were done
+        code = "" if e.code is None else repr(e.code)
+        raise ConfigError(f"config file {str(path)!r} called sys.exit({code}) while loading: a "
+                          f"config file must only define `config = Config(...)`.") from None
     finally:
         sys.dont_write_bytecode = flag
     config = getattr(module, "config", None)
@@ -277,6 +282,8 @@ SEED_LIMIT = 2**63
 COUNT_LIMIT = 2**31 - 1
 STEP_LIMIT = 10**6
 TOLERANCE_FLOOR = 2.0**-23
+#: the largest classifier-free guidance weight (practical weights are at most about 20)
+GUIDANCE_LIMIT = 100.0
 
 
 def _expect(cond: bool, where: str, value, expected: str) -> None:
@@ -293,8 +300,10 @@ def validate(config: Config) -> Config:
     for sec in dataclasses.fields(config):
         section = getattr(config, sec.name)
         if sec.name == "name":
-            _expect(isinstance(section, str) and section and section.isprintable(), "name", section,
-                    "a non-empty string of printable characters (it names the work directory)")
+            _expect(isinstance(section, str) and section and section.isprintable()
+                    and not any(c in section for c in "/\\") and section not in (".", ".."),
+                    "name", section, "a non-empty string of printable characters without / or \\, "
+                    "and not . or .. (it names the work directory, runs/<name>)")
             continue
         for fld, tp in _hints(type(section)).items():
             v = getattr(section, fld)
@@ -339,6 +348,12 @@ def validate(config: Config) -> Config:
     for f in ("warmup", "eval_every", "ckpt_every"):
         _expect(0 <= getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),
                 f"a non-negative integer of at most {COUNT_LIMIT}")
+    _expect(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction,
+            "a fraction in (0, 1) of the training examples to validate on")
+    _expect(t.patience is None or 0 < t.patience <= COUNT_LIMIT, "train.patience", t.patience,
+            "a positive number of evaluations without improvement, or none (no early stopping)")
+    _expect(t.patience is None or t.eval_every > 0, "train.patience", t.patience,
+            "none without train.eval_every (early stopping compares the periodic evaluations)")
     _expect(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
             f"a divisor of train.batch_size={t.batch_size}")
     _expect(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
@@ -351,6 +366,10 @@ def validate(config: Config) -> Config:
             f"a positive integer of at most {COUNT_LIMIT}")
     _expect(smp.t_end is None or 0 < smp.t_end < 1, "sample.t_end", smp.t_end, "a time in (0, 1)")
     _expect(smp.eta >= 0, "sample.eta", smp.eta, "a non-negative number")
+    _expect(-1 <= smp.guidance <= GUIDANCE_LIMIT, "sample.guidance", smp.guidance,
+            f"a guidance weight in [-1, {GUIDANCE_LIMIT:g}] (-1: the unconditional score; "
+            f"weights used in practice are at most about 20, far larger ones overflow the "
+            f"guided score)")
     _expect(smp.snr > 0, "sample.snr", smp.snr, "a positive number")
     for f in ("num", "probes", "dequant_samples", "batch"):
         _expect(0 < getattr(lik, f) <= COUNT_LIMIT, f"likelihood.{f}", getattr(lik, f),

@@ -121,7 +121,8 @@ def heldout_likelihood(model, preprocess: Preprocess, x, cond: dict, *, key, bat
 
 
 def solver_error(model, preprocess: Preprocess, x, cond: dict, *, key, rtol: float = 1e-5,
-                 atol: float = 1e-5, **options) -> dict:
+                 atol: float = 1e-5, progress: Callable[[int, int], None] | None = None,
+                 **options) -> dict:
     """An estimate of the ODE solver's error in `heldout_likelihood` at `rtol`, `atol`: the raw
     points `x` (a subsample of the test set) solved again at a tenth of both tolerances, with the
     same dequantisation noise and Hutchinson probes, so the two differ by solver error alone.
@@ -131,15 +132,21 @@ def solver_error(model, preprocess: Preprocess, x, cond: dict, *, key, rtol: flo
     error of a point lay within 0.75-1.26 times the mean difference for VP, SubVP and VE
     (docs/results/likelihood-engine.md), so twice it bounds both the error of a typical point and
     the solver's error of the mean NLL (|mean e| <= mean |e|). `options` are
-    `heldout_likelihood`'s (batch, dequant_samples, mesh, exact, probes, ...).
+    `heldout_likelihood`'s (batch, dequant_samples, mesh, exact, probes, ...); `progress`
+    (points_done, total) counts the points of both solves.
     """
-    options = {k: v for k, v in options.items() if k not in ("progress", "progress_meter",
-                                                              "return_draws")}
+    options = {k: v for k, v in options.items() if k not in ("progress_meter", "return_draws")}
+
+    def part(first: bool):
+        if progress is None:
+            return None
+        return lambda done, total: progress(done + (0 if first else total), 2 * total)
+
     base = heldout_likelihood(model, preprocess, x, cond, key=key, rtol=rtol, atol=atol,
-                              return_draws=True, **options)
+                              return_draws=True, progress=part(True), **options)
     floor = 2.0**-23  # float32 resolves no finer relative tolerance
     tight = heldout_likelihood(model, preprocess, x, cond, key=key, rtol=max(rtol / 10, floor),
-                               atol=atol / 10, return_draws=True, **options)
+                               atol=atol / 10, return_draws=True, progress=part(False), **options)
     diff = np.asarray(base["draws"], np.float64) - np.asarray(tight["draws"], np.float64)
     diff = diff.mean(axis=0)  # per point, over its dequantisations
     return {"solver_error": 2.0 * float(np.mean(np.abs(diff))), "solver_check_num": int(x.shape[0])}
@@ -147,7 +154,9 @@ def solver_error(model, preprocess: Preprocess, x, cond: dict, *, key, rtol: flo
 
 def draw_samples(score, sde, preprocess: Preprocess, shape: tuple[int, ...], *, num: int, key,
                  cond: dict | None = None, mesh=None, **sample_options):
-    """`num` samples in data units (integer levels for discrete data) and the sampler's info.
+    """`num` samples in data units (integer levels for discrete data) and the sampler's info,
+    with `finite`: whether every sampled value was finite before the conversion to data units
+    (integer levels cannot hold NaN).
 
     `score` is any score function of one sample (a model, a guided score); `cond` the
     conditioning keywords of each sample; `sample_options` go to `sgm.sample` (method, steps, ...).
@@ -159,4 +168,5 @@ def draw_samples(score, sde, preprocess: Preprocess, shape: tuple[int, ...], *, 
         sample_options.setdefault("sharding", parallel.batch_sharding(mesh))
     x, info = sample(score, sde, shape, key=key, num=num, clip=preprocess.clip, cond=cond or None,
                      **sample_options)
-    return preprocess.to_data(parallel.gather(x)), info
+    x = parallel.gather(x)
+    return preprocess.to_data(x), {**info, "finite": bool(np.all(np.isfinite(x)))}

@@ -26,11 +26,14 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .data.transforms import discrete_log_det
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .ode_solvers import (ADAPTIVE, STEPPING, check_count, check_number, check_solved,
+                          check_tolerances, failure, largest_point_rms, ode_solver)
 from .parallel import constrain
-from .ode_solvers import ADAPTIVE, STEPPING, check_solved, failure, largest_point_rms, ode_solver
+from .samplers import check_score
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
 
 
@@ -93,8 +96,10 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
     """`log_likelihood` once its arguments are checked and its defaults resolved (solver, clock,
     t0, one key per sample). Arrays (x, cond, keys, the score's parameters) are traced; strings,
     numbers and callables are static, so equal settings reuse one compilation."""
-    x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     shape = x.shape[1:]
+    check_score(score, shape, cond, x.shape[0],  # when tracing: once per compilation
+                f"; x of shape {x.shape} must be a batch (B, *shape) of the score's samples")
+    x, keys, cond = constrain((x, keys, cond), sharding)  # split the batch over devices
     dim = math.prod(shape)
     make, _, per_step = ode_solver(solver)
     u0, u1, t_of = _clock(sde, clock, t0)
@@ -164,6 +169,23 @@ def _solve(score, sde, x, *, cond, keys, exact, rtol, atol, probes, probe, t0, s
     return prior + delta, info
 
 
+def _check_points(x) -> jax.Array:
+    """`x` as an array: a ConfigError unless it is a batch (B, *shape) of B >= 1 points, a
+    DataError naming the points that are not finite (NaN or inf). The values are checked on the
+    host (numpy) where `x` is concrete; a traced `x` (under the caller's `jax.jit`) passes."""
+    if np.ndim(x) < 1 or np.shape(x)[0] < 1:
+        raise ConfigError(f"x must be a batch (B, *shape) of at least one point, got shape "
+                          f"{np.shape(x)}")
+    if not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True):
+        host = np.asarray(x)
+        bad = ~np.all(np.isfinite(host.reshape(host.shape[0], -1)), axis=1)
+        if bad.any():
+            raise DataError(f"x holds non-finite values (NaN or inf) in {int(bad.sum())} of its "
+                            f"{host.shape[0]} points (the first at index {int(np.argmax(bad))}); "
+                            f"a log-likelihood needs finite data.")
+    return jnp.asarray(x)
+
+
 def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: bool = True,
                    rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
                    probe: str = "rademacher", t0: float | None = None, solver: str = "auto",
@@ -227,6 +249,14 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         sample (each one score evaluation with its derivatives), info["z"] the latents at t1,
         info["prior_logp"] and info["delta_logp"] the two terms of logp, info["num_steps"] the
         solver steps of each sample.
+
+    Raises:
+        ConfigError, before any solve: an unknown solver, probe, product, clock, stepping or error
+        norm; rtol or atol not positive and finite; probes, chunk or max_steps not a positive
+        integer; pcoeff or icoeff not finite; t0 outside (0, t1); `x` not a batch (B, *shape) of
+        B >= 1 points of the shape the score takes (its output must have that shape too), or
+        `cond` arrays without one condition per point.
+        DataError: `x` holds NaN or inf (checked where `x` is a concrete array, not a tracer).
     """
     if solver not in SOLVERS:
         raise ConfigError(f"likelihood solver must be 'auto' or an adaptive one "
@@ -245,16 +275,22 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
                           f"{', '.join(ERROR_NORMS)}")
     if not exact and key is None:
         raise ConfigError("Hutchinson's estimator (exact=False) needs a PRNG key: pass key=...")
-    if probes < 1:
-        raise ConfigError(f"number of Hutchinson probes must be positive, got {probes}")
+    check_count("the number of Hutchinson probes", probes)
+    check_count("the exact divergence's chunk", chunk)
+    check_tolerances(rtol, atol, max_steps, "the likelihood")
+    check_number("the PID controller's pcoeff", pcoeff)
+    check_number("the PID controller's icoeff", icoeff)
     learned = isinstance(getattr(sde, "schedule", None), LearnedSchedule)
     if solver == "auto":
         solver = "tsit5" if isinstance(sde, VESDE) or (learned and isinstance(sde, SubVPSDE)) else "dopri5"
     if clock == "auto":
         clock = "logsnr" if learned else "t"
-    x = jnp.asarray(x)
+    x = _check_points(x)
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
     t0 = sde.t0 if t0 is None else t0
+    check_number("the likelihood's start time t0", t0)
+    if not isinstance(t0, jax.core.Tracer) and not 0 < t0 < sde.t1:
+        raise ConfigError(f"the likelihood's start time t0 must lie in (0, {sde.t1}), got {t0}")
     fix = (f"the ODE cannot meet rtol={rtol:g}, atol={atol:g} in that many steps: loosen them "
            f"(likelihood.rtol, likelihood.atol) or raise max_steps.")
     logp, info = _solve(
@@ -283,7 +319,14 @@ def bits_per_dim(logp, dim: int, *, levels: int | None = 256, lo: float = -1.0, 
         dim: number of dimensions D of one sample.
         levels: number of discrete levels (256 for 8-bit images, 17 for scikit-learn digits).
         lo, hi: the interval the levels were mapped onto.
+
+    Raises:
+        ConfigError: `dim` not a positive integer, `levels` below 2, or lo, hi not finite with
+        hi > lo.
     """
+    check_count("the number of dimensions dim", dim)
+    check_number("the data range's lo", lo)
+    check_number("the data range's hi", hi)
     if levels is not None and levels < 2:
         raise ConfigError(f"number of discrete levels must be at least 2, got {levels}")
     if not hi > lo:

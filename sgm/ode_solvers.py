@@ -3,12 +3,16 @@
 Each entry is `name: OdeSolver(make, adaptive, evals_per_step)`: the diffrax solver's constructor,
 whether it has an embedded error estimate (and so runs under a PID step-size controller), and the
 new vector-field evaluations one step costs (FSAL solvers reuse their last stage). Also what both
-share around a solve: the per-point error norm, and `failure`/`check_solved`, which report a solve
-that did not reach its end after it has run (not from inside the compiled program).
+share around a solve: the checks of their options (`check_tolerances`, `check_count`,
+`check_number`, on Python values, never inside the compiled program), the per-point error norm, and
+`failure`/`check_solved`, which report a solve that did not reach its end after it has run (not
+from inside the compiled program).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -38,6 +42,35 @@ ADAPTIVE = tuple(name for name, s in ODE_SOLVERS.items() if s.adaptive)
 #: how a batch of adaptive solves steps: "batch", one solve with shared steps; "point", a vmapped
 #: solve per sample
 STEPPING = ("batch", "point")
+
+
+def check_count(what: str, value) -> int:
+    """`value` as an int, or a ConfigError unless it is a positive integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_number(what: str, value, *, positive: bool = False) -> None:
+    """A ConfigError unless `value` is a finite real number (and > 0 when `positive`). A traced
+    value (under the caller's `jax.jit`) passes unchecked: its value is not known here."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        v = None if isinstance(value, (str, bytes, bool)) else float(value)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or not math.isfinite(v) or (positive and not v > 0):
+        expected = "a positive finite number" if positive else "a finite number"
+        raise ConfigError(f"{what} must be {expected}, got {value!r}")
+
+
+def check_tolerances(rtol, atol, max_steps, who: str) -> None:
+    """A ConfigError unless the adaptive step control's rtol and atol are positive finite numbers
+    and max_steps a positive integer (`who` names the solve: "the likelihood", ...)."""
+    check_number(f"{who}'s relative tolerance rtol", rtol, positive=True)
+    check_number(f"{who}'s absolute tolerance atol", atol, positive=True)
+    check_count(f"{who}'s max_steps", max_steps)
 
 
 def largest_point_rms(err) -> jax.Array:

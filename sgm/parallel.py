@@ -11,6 +11,7 @@ distributed runtime.
 from __future__ import annotations
 
 import os
+import re
 
 import equinox as eqx
 import jax
@@ -22,13 +23,15 @@ from .errors import ConfigError, SGMError
 AXIS = "data"
 
 
-def _env_int(name: str) -> int | None:
-    """The integer in environment variable `name` (None when unset or empty)."""
+def _env_int(name: str, minimum: int) -> int | None:
+    """The integer in environment variable `name` (None when unset or empty); ConfigError unless
+    it is written in ASCII digits and is at least `minimum`."""
     value = os.environ.get(name, "").strip()
     if not value:
         return None
-    if not value.lstrip("-").isdigit():
-        raise ConfigError(f"{name}={value!r} is invalid: expected an integer.")
+    if not re.fullmatch(r"[+-]?[0-9]+", value) or int(value) < minimum:
+        raise ConfigError(f"{name}={value!r} is invalid: expected an integer of at least "
+                          f"{minimum}.")
     return int(value)
 
 
@@ -42,10 +45,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     collectives use gloo.
     """
     coordinator = coordinator or os.environ.get("SGM_COORDINATOR")
-    num_processes = num_processes or _env_int("SGM_NUM_PROCESSES") or None
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"number of processes {num_processes} is invalid: expected at least 1.")
+    num_processes = num_processes or _env_int("SGM_NUM_PROCESSES", 1)
     if process_id is None:
-        process_id = _env_int("SGM_PROCESS_ID")
-    slurm = (_env_int("SLURM_NTASKS") or 1) > 1
+        process_id = _env_int("SGM_PROCESS_ID", 0)
+    slurm = (_env_int("SLURM_NTASKS", 1) or 1) > 1
     if coordinator is None and not slurm and (num_processes or 1) == 1:
         if process_id not in (None, 0):
             raise ConfigError(f"process id {process_id} is invalid without a multi-host run: give "

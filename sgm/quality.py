@@ -542,10 +542,10 @@ def read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
     from .npz import oversized
 
     path = Path(path)
+    if (name := oversized(path)) is not None:
+        raise DataError(f"{path} is damaged: its array {name!r} claims more bytes than the "
+                        f"file holds.")
     try:
-        if (name := oversized(path)) is not None:
-            raise DataError(f"{path} is damaged: its array {name!r} claims more bytes than the "
-                            f"file holds.")
         with np.load(path, allow_pickle=False) as f:
             x = f["samples"]
             cond = f["cond"] if "cond" in f.files else None
@@ -553,8 +553,10 @@ def read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"no samples at {path}: run `python main.py CONFIG --mode sample` first, "
                         f"or pass --samples FILE.") from None
     except (OSError, ValueError, KeyError, EOFError) as e:
+        why = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip("'\"")
+               or type(e).__name__)
         raise DataError(f"{path} is not a readable samples file with a 'samples' array "
-                        f"({type(e).__name__}).") from None
+                        f"({why}).") from None
     if cond is not None and (cond.ndim != 1 or cond.shape[0] != x.shape[0]
                              or cond.dtype.kind not in "ui"):
         cond = None

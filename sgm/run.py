@@ -34,9 +34,14 @@ import numpy as np
 
 from . import build, parallel, quality, track, train
 from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError, SGMError
+from .errors import CheckpointError, ConfigError, NumericalError, SGMError
+from .likelihood import combine_dequantised
 
 MODES = ("train", "sample", "likelihood", "all")
+#: the checkpoint the sample and likelihood phases evaluate: the best on the validation split
+#: (`train.BestCheckpoint`, where the run evaluated during training) or the newest
+CHECKPOINTS = ("best", "latest")
+BEST = train.BEST
 #: grid points per axis of the 2-D model-density figure, and the likelihood options of its solves
 #: (the exact trace is cheap in 2-D; rtol 1e-3 takes fewer steps than the default 1e-5: see
 #: docs/results/defaults.md for the measurement)
@@ -48,14 +53,15 @@ DENSITY_OPTIONS = {"exact": True, "rtol": 1e-3, "atol": 1e-3}
 
 def main(config_file, *, sets=(), mode: str = "all", workdir=None, progress: bool = True,
          density_grid: int = DENSITY_GRID, coordinator: str | None = None,
-         num_processes: int | None = None, process_id: int | None = None) -> int:
+         num_processes: int | None = None, process_id: int | None = None,
+         checkpoint: str = "best") -> int:
     """`command` with the exit code of `python main.py`: 0 when done; 2 for bad input (SGMError)
     or a failed write (OSError), with one line on stderr; 130 when stopped by SIGINT/SIGTERM or
     Ctrl-C, every file written so far complete. Arguments as `command`'s."""
     try:
         return command(config_file, sets=sets, mode=mode, workdir=workdir, progress=progress,
                        density_grid=density_grid, coordinator=coordinator,
-                       num_processes=num_processes, process_id=process_id)
+                       num_processes=num_processes, process_id=process_id, checkpoint=checkpoint)
     except SGMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,19 +80,23 @@ def main(config_file, *, sets=(), mode: str = "all", workdir=None, progress: boo
 
 def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: bool = True,
             density_grid: int = DENSITY_GRID, coordinator: str | None = None,
-            num_processes: int | None = None, process_id: int | None = None) -> int:
+            num_processes: int | None = None, process_id: int | None = None,
+            checkpoint: str = "best") -> int:
     """Runs the phases of `mode` on a config file; returns 0 or raises.
 
     Arguments:
         config_file: a Python file defining `config = Config(...)` (configs/*.py).
         sets: `section.field=value` overrides, applied in order.
         mode: "train", "sample", "likelihood" or "all" (the three in turn).
-        workdir: the work directory (default runs/<config name>); a rerun resumes from its latest
-            checkpoint.
+        workdir: the work directory (default `build.default_workdir`); a rerun resumes from its
+            latest checkpoint.
         progress: progress bars (training, sampling, likelihood) on process 0.
         density_grid: 2-D unconditional data: the model's density on an n x n grid in
             figs/density.png (0: no figure).
         coordinator, num_processes, process_id: a multi-host run (`parallel.initialize`).
+        checkpoint: what the sample and likelihood phases evaluate: "best" (the checkpoint with
+            the best validation NLL, where the run evaluated during training; else the newest)
+            or "latest".
 
     Bad input raises SGMError before anything is written. SIGINT/SIGTERM outside training stop the
     command between phases (train.Interrupted) with nothing half-written; training has its own
@@ -94,6 +104,9 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
     """
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is invalid: expected one of {', '.join(MODES)}.")
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected one of "
+                          f"{', '.join(CHECKPOINTS)}.")
     if not (isinstance(density_grid, int) and 0 <= density_grid <= DENSITY_GRID_LIMIT):
         raise ConfigError(f"density_grid={density_grid!r} is invalid: expected 0 (no figure) or "
                           f"a number of grid points per axis of at most {DENSITY_GRID_LIMIT}.")
@@ -102,7 +115,8 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
         parallel.initialize(coordinator, num_processes, process_id)
         mesh = parallel.make_mesh()
         main_process = parallel.is_main_process()  # only process 0 writes
-        workdir = Path(workdir or Path("runs") / cfg.name)
+        workdir = Path(workdir or build.default_workdir(cfg))
+        earlier = check_workdir(workdir, log_to=cfg.train.log_to)  # the earlier commands' summary
         need = mode in ("sample", "likelihood")
         exp = build.experiment(cfg, ckpt_dir=workdir / "checkpoints", need_checkpoint=need,
                                mesh=mesh, checked=True)
@@ -113,7 +127,10 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"to use it as it is, or choose another work directory.")
         if mode in ("sample", "all"):
             check_sample_memory(exp)
-        summary = read_summary(exp, workdir)
+        best = None  # the best checkpoint, read (and a damaged one refused) before any write
+        if mode != "train" and checkpoint == "best":
+            best = best_state(exp, workdir)
+        summary = read_summary(exp, workdir, earlier)
         # input is valid: from here on files are written, by process 0 only, under the lock
         exp = prepare_workdir(exp, workdir, stack=stack, need_checkpoint=need,
                               main_process=main_process)
@@ -127,6 +144,11 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                                       earlier_seconds=earlier, progress=show,
                                       main_process=main_process)
             summary.update(done)
+        if mode in ("sample", "likelihood", "all"):
+            if mode == "all" and checkpoint == "best":  # training may have found a better one
+                best = best_state(exp, workdir)
+            state = state if best is None else best
+            summary["evaluated_step"] = int(state.step)
         if mode in ("sample", "all"):
             summary.update(sample_phase(exp, state.ema, step=int(state.step), mesh=mesh,
                                         workdir=workdir, trackers=trackers, flag=flag,
@@ -139,6 +161,15 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
         write_summary(workdir, summary, main_process=main_process)
         parallel.barrier("sgm_main_done")  # processes leave together
         return 0
+
+
+def best_state(exp: build.Experiment, workdir: Path) -> train.TrainState | None:
+    """The state of the run's best checkpoint on the validation split (`workdir`/checkpoints/best,
+    checked as any checkpoint is), or None where there is none."""
+    best = Path(workdir) / "checkpoints" / BEST
+    if ckpt.latest(best) is None:
+        return None
+    return build.resume(exp, best, need_checkpoint=True).state
 
 
 def memory_bytes() -> int | None:
@@ -175,14 +206,36 @@ def _bar(show: bool, desc: str, unit: str):
     return track.Bar(desc, unit=unit) if show else contextlib.nullcontext()
 
 
+def require_finite(values, what: str, file: str, exp: build.Experiment, *, step: int | None,
+                   sampled: bool = False) -> None:
+    """Raises NumericalError, before `file` is written (an earlier one is left as it is), if
+    `values` (an array, or a list of numbers) hold NaN or inf: nothing non-finite is written as a
+    result. The sentence names the likely source: for samples (`sampled`) the guidance weight
+    where it applies, else a searched or tuned noise-level grid; else the model of the
+    checkpoint at `step`."""
+    if np.all(np.isfinite(np.asarray(values, np.float64))):
+        return
+    s = exp.cfg.sample
+    if sampled and s.guidance != 0 and exp.conditioning.guidable:
+        cause = f"the guidance weight sample.guidance={s.guidance:g}: try a smaller one"
+    elif sampled and s.grid in ("searched", "tuned"):
+        cause = (f"the {s.grid} noise levels kept in the work directory (grid-*.npz): remove "
+                 f"them to search again, or set another sample.grid")
+    else:
+        model = "the model" if step is None else f"the model of the checkpoint at step {step}"
+        cause = f"{model}: resume from an earlier checkpoint or train again"
+    raise NumericalError(f"the {what} hold NaN or inf, so {file} was not written; the likely "
+                         f"cause is {cause}.")
+
+
 # ------------------------------------------------------------------------------------ phases
 
 
 def prepare_workdir(exp: build.Experiment, workdir: Path, *, stack: contextlib.ExitStack,
                     need_checkpoint: bool = False, main_process: bool = True) -> build.Experiment:
-    """Makes `workdir` and figs/ in it, takes its lock (held until `stack` closes), removes the
-    temporary files a killed command left, re-reads the latest checkpoint if another command wrote
-    one since `exp` was built (`build.resume`) and writes config.json.
+    """Makes `workdir`, checkpoints/ and figs/ in it, takes its lock (held until `stack` closes),
+    removes the temporary files a killed command left, re-reads the latest checkpoint if another
+    command wrote one since `exp` was built (`build.resume`) and writes config.json.
 
     Process 0 alone does this (`main_process`); every process learns whether it worked
     (`parallel.agree`). Returns `exp`, its state re-read where it had to be. Raises CheckpointError
@@ -197,8 +250,10 @@ def prepare_workdir(exp: build.Experiment, workdir: Path, *, stack: contextlib.E
             stack.enter_context(ckpt.lock_workdir(workdir))
             ckpt.remove_leftovers(workdir)
             ckpt.remove_leftovers(ckpt_dir)
+            ckpt.remove_leftovers(ckpt_dir / BEST)
             if ckpt.latest(ckpt_dir) != exp.checkpoint:  # another command wrote one meanwhile
                 exp = build.resume(exp, ckpt_dir, need_checkpoint=need_checkpoint)
+            ckpt_dir.mkdir(exist_ok=True)  # before any record: its absence then means damage
             (workdir / "figs").mkdir(exist_ok=True)
             ckpt.write_atomic(workdir / "config.json",
                               json.dumps(build.to_dict(exp.cfg), indent=2) + "\n")
@@ -224,16 +279,22 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
                 trackers: track.Tracker | None = None, earlier_seconds: float = 0.0,
                 progress: bool = False, main_process: bool = True
                 ) -> tuple[train.TrainState, dict]:
-    """Trains `exp.state` to train.steps, then the held-out loss and figs/training.png.
+    """Trains `exp.state` to train.steps (or until early stopping), then the validation loss
+    and figs/training.png.
 
-    Checkpoints go to `workdir`/checkpoints; every record (training with its learning rate,
-    held-out loss and likelihood every train.eval_every steps) to `trackers`, those of
+    Checkpoints go to `workdir`/checkpoints. Every train.eval_every steps the EMA model is
+    evaluated on the validation split (never the test split): its held-out loss and likelihood
+    (`eval_loss`, `eval_nll`, `eval_bpd`); the one with the lowest `eval_nll` is kept in
+    `workdir`/checkpoints/best (`train.BestCheckpoint`), and with train.patience training stops
+    once that many evaluations have brought no better one. Every record (training with its learning rate,
+    evaluations) goes to `trackers`, those of
     train.log_to (`open_trackers`), which also get a samples figure at each evaluation when they
     take figures (TensorBoard, W&B). The training figure shows metrics.jsonl when train.log_to
     has it (the commands this one resumes included), else this phase's records.
 
     Returns the trained state and its summary entries: train_seconds (this command's plus
-    `earlier_seconds`, those of the commands it resumes), steps, eval_loss.
+    `earlier_seconds`, those of the commands it resumes), steps, eval_loss (and with evaluations
+    best_step, best_eval_nll, stopped_early).
     """
     from . import plot
 
@@ -250,34 +311,56 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
         history.append(rec)
         trackers.scalars(rec["step"], {k: v for k, v in rec.items() if k != "step"})
 
+    metadata = {"config": build.to_dict(cfg),
+                "standardisation": build.standardisation(exp.preprocess)}
+    best = train.BestCheckpoint(workdir / "checkpoints" / BEST, patience=cfg.train.patience,
+                                eval_every=cfg.train.eval_every)
+    evaluated = {}
+
     def on_eval(s, step):
-        rec = {"step": step, "eval_loss": exp.heldout_loss(s.ema)}
-        lik = exp.heldout_likelihood(s.ema, num=cfg.train.eval_num, mesh=mesh, solver_check=0)
+        rec = {"step": step, "eval_loss": exp.heldout_loss(s.ema, split="val")}
+        lik = exp.heldout_likelihood(s.ema, num=cfg.train.eval_num, mesh=mesh, solver_check=0,
+                                     split="val")
         rec.update({"eval_nll": lik["nll"], "eval_bpd": lik["bpd"]})
         log(rec)
+        best.update(s, step, lik["nll"], metadata)
+        evaluated[step] = rec
         if figures_tracked:  # the samples so far, to TensorBoard / W&B (and figs/eval/)
             x, _, cond = exp.samples(s.ema, num=min(cfg.sample.num, cfg.train.eval_num), mesh=mesh)
             if main_process:
                 path = workdir / "figs" / "eval" / f"samples_{step:07d}.png"
                 trackers.figure(step, "samples", samples_figure(
                     ds, x, path, f"{cfg.name}: samples at step {step}", cond))
-        return rec
+        return {**rec, "stop": best.stopped(step)}
 
     t0 = time.perf_counter()
-    state = exp.train(exp.state, mesh=mesh, ckpt_dir=workdir / "checkpoints", on_log=log,
-                      on_eval=on_eval, progress=progress,
-                      metadata={"config": build.to_dict(cfg),
-                                "standardisation": build.standardisation(exp.preprocess)})
+    state = exp.state
+    if not best.stopped(int(state.step)):  # an early-stopped run is finished
+        state = exp.train(state, mesh=mesh, ckpt_dir=workdir / "checkpoints", on_log=log,
+                          on_eval=on_eval, progress=progress, metadata=metadata)
     seconds = earlier_seconds + time.perf_counter() - t0
-    rec = {"step": int(state.step), "eval_loss": exp.heldout_loss(state.ema)}
-    log(rec)
+    step = int(state.step)
+    if step in evaluated:
+        rec = evaluated[step]
+    elif cfg.train.eval_every:  # the last state is a candidate for the best one too
+        rec = on_eval(state, step)
+    else:
+        rec = {"step": step, "eval_loss": exp.heldout_loss(state.ema, split="val")}
+        log(rec)
     if main_process:
         metrics = workdir / "metrics.jsonl"
         rows = track.read_jsonl(metrics) if "jsonl" in cfg.train.log_to else history
         plot.training_curves(rows, workdir / "figs" / "training.png", title=cfg.name,
                              objective=build.objective(cfg))
-    return state, {"train_seconds": seconds, "steps": int(state.step),
-                   "eval_loss": rec["eval_loss"]}
+    out = {"train_seconds": seconds, "steps": step, "eval_loss": rec["eval_loss"]}
+    if best.step is not None:
+        out.update(best_step=best.step, best_eval_nll=best.score,
+                   stopped_early=step < cfg.train.steps)
+        if main_process and step < cfg.train.steps:
+            print(f"early stopping at step {step}: no better validation NLL in "
+                  f"{cfg.train.patience} evaluations since step {best.step} "
+                  f"({best.score:.4f} nats).")
+    return state, out
 
 
 def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path,
@@ -298,6 +381,9 @@ def sample_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: Path
         x, info, cond = exp.samples(model, mesh=mesh, progress=b, cache_dir=workdir,
                                     between=lambda: stop_if_signalled(flag, "while sampling"))
     stop_if_signalled(flag, "while sampling")
+    # discrete data are integer levels by now: whether the sampler's values were finite is in info
+    require_finite(x if info.get("finite", True) else [math.nan], "samples", "samples.npz", exp,
+                   step=step, sampled=True)
     out = {"sample_seconds": time.perf_counter() - t0, "sample_nfe": int(info["nfe"])}
     if main_process:
         arrays = {"samples": x} if cond is None else {"samples": x, "cond": cond}
@@ -328,13 +414,20 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
                      trackers: track.Tracker | None = None, density_grid: int = DENSITY_GRID,
                      flag: dict | None = None, progress: bool = False,
                      main_process: bool = True) -> dict:
-    """The held-out likelihood of `model` (`Experiment.heldout_likelihood`) into likelihood.json,
-    with one line on stdout; for unconditional 2-D data also figs/density.png on a
-    `density_grid` x `density_grid` grid (0: none).
+    """The test likelihood of `model` (`Experiment.heldout_likelihood` on the test split, read
+    here and nowhere else) into likelihood.json (nats per sample and per dimension, bits/dim),
+    each point's log-likelihood in data units into likelihood.npz (`index`: the point's row in
+    the test split, `log_likelihood`: nats per sample, and each baseline's), with one line on
+    stdout; for a user's continuous unconditional arrays (or any such data with
+    likelihood.baselines) the classical baselines beside it (`sgm.baselines`: fitted on the
+    training split, chosen on the validation split) with the paired difference to the model; for
+    unconditional 2-D data also figs/density.png on a `density_grid` x `density_grid` grid (0:
+    none).
 
     `step` labels what `trackers` get (test_nll, test_bpd, the density figure); `flag` stops the
     phase before anything is written. Returns the summary entries likelihood (likelihood.json's
-    dict: nll, bpd, num, nfe, seconds, ...) and (with the figure) density_seconds.
+    dict: nll, nll_per_dim, bpd, num, nfe, seconds, baselines, ...) and (with the figure)
+    density_seconds.
     """
     ds, workdir = exp.ds, Path(workdir)
     trackers = track.Trackers() if trackers is None else trackers
@@ -343,8 +436,18 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
     meter = {"progress_meter": diffrax.TqdmProgressMeter(refresh_steps=5)} if progress else {}
     t0 = time.perf_counter()
     with _bar(progress, "likelihood", "pt") as b:
-        lik = exp.heldout_likelihood(model, mesh=mesh, progress=b, **meter)
+        lik = exp.heldout_likelihood(model, mesh=mesh, progress=b, return_draws=True, **meter)
     stop_if_signalled(flag, "while computing the likelihood")
+    require_finite([lik["nll"], lik["bpd"]], "test log-likelihoods", "likelihood.json", exp,
+                   step=step)
+    logp = np.asarray(combine_dequantised(lik.pop("draws"), lik.get("dequant_bound", "mean")),
+                      np.float64)
+    points = {"index": np.arange(lik["num"]), "log_likelihood": logp}
+    if ds.levels:
+        points["bits_per_dim"] = -logp / (ds.dim * math.log(2.0))
+    if use_baselines(exp):
+        lik["baselines"], per_point = baseline_report(exp, logp)
+        points.update({f"baseline_{k}": v for k, v in per_point.items()})
     lik["seconds"] = time.perf_counter() - t0
     out = {"likelihood": lik}
     ent = "" if ds.entropy is None else f" (true entropy {ds.entropy:.4f}"
@@ -360,26 +463,82 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
         bars += f" ± {lik['solver_error'] * scale:.1e} (solver)"
     value = lik["bpd"] if ds.levels else lik["nll"]
     unit = f"{value:.4f}{bars} {'bits/dim' if ds.levels else 'nats'}" + ("" if ds.levels else ent)
+    if not ds.levels:
+        unit += f" = {lik['nll_per_dim']:.4f} nats/dim"
     if main_process:
+        with ckpt.atomic_open(workdir / "likelihood.npz") as f:
+            np.savez(f, **points)
         ckpt.write_atomic(workdir / "likelihood.json", json.dumps(lik, indent=2) + "\n")
         trackers.scalars(step, {"test_nll": lik["nll"], "test_bpd": lik["bpd"]})
         print(f"test NLL on {lik['num']} points: {unit}, nfe {lik['nfe']}, {lik['seconds']:.1f}s")
+        for name, b in lik.get("baselines", {}).items():
+            print(f"  {name}: {b['nll_per_dim']:.4f} nats/dim; model - {name} "
+                  f"{b['diff']:+.4f} ± {b['diff_stderr']:.4f} nats/dim (paired)")
     if ds.shape == (2,) and exp.conditioning.keyword is None and density_grid > 0:
         t0 = time.perf_counter()
         with _bar(progress, "model density", "pt") as b:
             path = density_figure(exp, model, mesh=mesh, lik=lik, n=density_grid, workdir=workdir,
-                                  main_process=main_process, progress=b, flag=flag)
+                                  main_process=main_process, progress=b, flag=flag, step=step)
         out["density_seconds"] = time.perf_counter() - t0
         trackers.figure(step, "density", path)
     return out
 
 
-def read_summary(exp: build.Experiment, workdir: Path) -> dict:
-    """summary.json of the commands run before in `workdir` ({} if none), with this one's config
-    name, dataset name and the data's entropy (None if unknown). Raises CheckpointError, leaving
-    the file as it is, if it is not a JSON object."""
-    summary = load_summary(workdir)
+def use_baselines(exp: build.Experiment) -> bool:
+    """Whether the likelihood phase fits the classical baselines: for continuous unconditional
+    data, a user's arrays always and other data with likelihood.baselines."""
+    plain = exp.ds.levels is None and exp.conditioning.keyword is None
+    return plain and (exp.ds.name == "array" or exp.cfg.likelihood.baselines)
+
+
+def baseline_report(exp: build.Experiment, logp: np.ndarray) -> tuple[dict, dict]:
+    """The classical baselines (`sgm.baselines`) fitted on `exp`'s training split with their
+    choices made on its validation split, on the first len(`logp`) test points, each with its
+    test NLL per dimension and the paired difference to the model's per-point log-likelihoods
+    `logp` (data units); and each baseline's per-point log-likelihoods."""
+    from . import baselines
+
+    flat = [np.asarray(a, np.float64).reshape(len(a), -1)
+            for a in (exp.ds.train, exp.ds.val, exp.ds.test[: len(logp)])]
+    fitted = baselines.fit_baselines(flat[0], flat[1], seed=exp.cfg.data.seed)
+    return (baselines.report(fitted, flat[2], logp),
+            {k: np.asarray(b.log_prob(flat[2]), np.float64) for k, b in fitted.items()})
+
+
+def read_summary(exp: build.Experiment, workdir: Path, earlier: dict | None = None) -> dict:
+    """summary.json of the commands run before in `workdir` ({} if none; `earlier`: as already
+    read by `check_workdir`), with this one's config name, dataset name and the data's entropy
+    (None if unknown). Raises CheckpointError, leaving the file as it is, if it is not a JSON
+    object."""
+    summary = load_summary(workdir) if earlier is None else dict(earlier)
     summary.update({"config": exp.cfg.name, "dataset": exp.ds.name, "entropy": exp.ds.entropy})
+    return summary
+
+
+def check_workdir(workdir: Path, *, log_to=("jsonl",)) -> dict:
+    """Reads what earlier commands left in `workdir` and refuses (SGMError), before anything is
+    written, a record this command could not continue: summary.json that is not a JSON object,
+    metrics.jsonl damaged before its last line (where train.log_to's jsonl appends to it), and
+    checkpoints/ that is not a folder, or is missing while metrics.jsonl (records) or
+    summary.json (steps) show an earlier run, which a new one would silently replace
+    (`prepare_workdir` makes checkpoints/ before any record is written). Returns summary.json's
+    entries ({} if none)."""
+    workdir = Path(workdir)
+    summary = load_summary(workdir)
+    try:
+        records = bool(track.read_jsonl(workdir / "metrics.jsonl"))
+    except SGMError:
+        if "jsonl" in log_to:
+            raise
+        records = True  # damaged, but not appended to by this command: still an earlier run's
+    ckpt_dir = workdir / "checkpoints"
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir} is not a folder: restore the run's checkpoints folder "
+                              f"there, or use another --workdir.")
+    if not ckpt_dir.exists() and (records or "steps" in summary):
+        raise CheckpointError(f"{ckpt_dir} is missing, but {workdir} holds the record of an "
+                              f"earlier run (metrics.jsonl, summary.json): restore it, or use "
+                              f"another --workdir.")
     return summary
 
 
@@ -452,13 +611,14 @@ def samples_figure(ds, x: np.ndarray, path: Path, title: str, cond=None) -> Path
 
 
 def density_figure(exp: build.Experiment, model, *, mesh, lik: dict, n: int, workdir: Path,
-                   main_process: bool = True, progress=None, flag: dict | None = None
-                   ) -> Path | None:
+                   main_process: bool = True, progress=None, flag: dict | None = None,
+                   step: int | None = None) -> Path | None:
     """figs/density.png: samples (samples.npz, else the test points), the model's density on an
     n x n grid (probability-flow ODE, `DENSITY_OPTIONS`) and the exact one, with the paired NLL gap
     of `lik` (`likelihood_phase`'s) on the test points. Every process solves its share of the
     grid; process 0 draws (the others return None). A signal caught in `flag`
-    (`train.stop_on_signals`') stops it between batches of the grid, before anything is written."""
+    (`train.stop_on_signals`') stops it between batches of the grid, before anything is written;
+    a grid with NaN or inf is refused (`require_finite`; `step`: the checkpoint it names)."""
     from . import plot
 
     ds, workdir = exp.ds, Path(workdir)
@@ -472,6 +632,8 @@ def density_figure(exp: build.Experiment, model, *, mesh, lik: dict, n: int, wor
     grid = plot.density_grid(lambda p: exp.log_density(model, p, mesh=mesh, progress=each_batch,
                                                        **DENSITY_OPTIONS), lim, n)
     stop_if_signalled(flag, "while drawing the model density")
+    require_finite(grid, "model log-densities of the density figure", "figs/density.png", exp,
+                   step=step)
     if not main_process:
         return None
     try:

@@ -64,6 +64,7 @@ for VE it is Song et al.'s ancestral sampler for SMLD; for SubVP the same formul
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -72,9 +73,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 
-from .errors import ConfigError
-from .ode_solvers import STEPPING, check_solved, failure, largest_point_rms, ode_solver
+from .errors import ConfigError, SGMError
+from .ode_solvers import (STEPPING, check_count, check_number, check_solved, check_tolerances,
+                          failure, largest_point_rms, ode_solver)
 from .parallel import constrain
 from .score import tweedie_x0
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, ipndm, unipc
@@ -99,6 +102,48 @@ class BatchedScore(eqx.Module):
         if not self.cond:
             return jax.vmap(self.score, in_axes=(None, 0))(t, x)
         return jax.vmap(lambda xi, ci: self.score(t, xi, **ci))(x, self.cond)
+
+
+def check_score(score: Callable, shape: tuple[int, ...], cond: dict | None, batch: int,
+                hint: str = "") -> None:
+    """A ConfigError unless `score(t, x, **cond_i)` maps ONE sample x of `shape` to an array of that
+    shape, and every array of `cond` has a leading axis of `batch` (one condition per sample).
+    `hint` ends the sentence of a shape error (where the caller's samples come from).
+
+    Only traces the score on one abstract sample (`jax.eval_shape`): nothing is compiled or run.
+    `sample` and `log_likelihood` call it inside their jitted entry points, so it runs once per
+    compilation, not on every call.
+    """
+    cond = cond or {}
+    for name, value in cond.items():
+        for leaf in jax.tree_util.tree_leaves(value):
+            if np.shape(leaf)[:1] != (batch,):
+                raise ConfigError(f"cond[{name!r}] has shape {np.shape(leaf)}, but its leading "
+                                  f"axis must hold one condition for each of the {batch} samples.")
+
+    def one(leaf):
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        return jax.ShapeDtypeStruct(np.shape(leaf)[1:], jax.dtypes.canonicalize_dtype(dtype))
+
+    dtype = jnp.result_type(float)
+    spec = jax.ShapeDtypeStruct(tuple(shape), dtype)
+    cond_one = jax.tree_util.tree_map(one, cond)
+    with_cond = f" with conditions {', '.join(cond)}" if cond else ""
+    try:
+        out = jax.eval_shape(lambda t, x, c: score(t, x, **c), jax.ShapeDtypeStruct((), dtype),
+                             spec, cond_one)
+    except SGMError:
+        raise
+    except Exception as err:  # the score cannot take a sample of this shape
+        reason = (str(err).strip().splitlines() or [""])[0].rstrip(".") or "no message"
+        tail = hint or ("; it must take one sample of that shape" +
+                        (" and its conditions" if cond else ""))
+        raise ConfigError(f"the score cannot be evaluated on one sample of shape {tuple(shape)}"
+                          f"{with_cond} ({type(err).__name__}: {reason}){tail}.") from err
+    if getattr(out, "shape", None) != tuple(shape):
+        got = out.shape if hasattr(out, "shape") else type(out).__name__
+        raise ConfigError(f"the score maps one sample of shape {tuple(shape)}{with_cond} to "
+                          f"{got}; it must return an array of the sample's shape{hint}.")
 
 
 def progress_hook(progress: Callable[[float, int], None] | None):
@@ -158,6 +203,7 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
     the batch still runs to its slowest sample, at that sample's steps for every sample).
     """
     make, adaptive, per_step = ode_solver(solver)
+    check_tolerances(rtol, atol, max_steps, "the ode sampler")
     if stepping not in STEPPING:
         raise ConfigError(f"unknown ode stepping {stepping!r}; expected one of "
                           f"{', '.join(STEPPING)}")
@@ -245,9 +291,10 @@ def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     it only costs. See `docs/results/defaults.md` for the measurements behind this default.
     """
     corrector_steps = pc_corrector_steps(sde, corrector_steps)
-    if not snr > 0 or not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ConfigError(f"pc needs snr > 0 and a non-negative integer corrector_steps, got "
-                          f"snr={snr}, corrector_steps={corrector_steps!r}")
+    check_number("pc's snr", snr, positive=True)
+    if not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ConfigError(f"pc needs a non-negative integer corrector_steps, got "
+                          f"{corrector_steps!r}")
     ts = jnp.linspace(sde.t1, t_end, steps + 1)
     n = x1.shape[0]
 
@@ -333,6 +380,7 @@ def _ddpm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
 def _ddim(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path, eta=0.0):
     """DDIM: x_{i-1} = a_{i-1} x_0-hat + sqrt(s_{i-1}^2 - c^2) eps-hat + c z with
     c^2 = eta^2 v s_{i-1}^2 / s_i^2 (eta = 0 deterministic, eta = 1 the ddpm posterior noise)."""
+    check_number("ddim's eta", eta)
     if not eta >= 0:
         raise ConfigError(f"ddim needs eta >= 0, got {eta}")
 
@@ -429,6 +477,7 @@ def _describe(entry: Sampler) -> str:
 @eqx.filter_jit
 def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding, options):
     entry = SAMPLERS[method]
+    check_score(score, shape, cond, num)  # when tracing: once per compilation
     k_prior, k_run = jax.random.split(key)
     x1 = sde.prior_sample(k_prior, (num, *shape))
     x1, cond = constrain((x1, cond), sharding)  # split the batch; jit partitions everything after
@@ -436,6 +485,30 @@ def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding
                        progress=progress_hook(progress), **options)
     nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], sde=sde, **options)
     return x, {"nfe": nfe, **info}  # a measured count (adaptive ODE) replaces the declared None
+
+
+def _sample_shape(shape) -> tuple[int, ...]:
+    """The shape of one sample as a tuple of positive integers, or a ConfigError."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               and d > 0 for d in dims):
+        raise ConfigError(f"the sample shape must be a tuple of positive integers, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _clip_range(clip) -> tuple[float, float]:
+    """`clip` as a (lo, hi) pair of finite numbers with lo < hi, or a ConfigError."""
+    try:
+        lo, hi = (float(c) for c in clip)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"clip must be a data range (lo, hi) of finite numbers with lo < hi, "
+                          f"got {clip!r}")
+    return lo, hi
 
 
 def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, num: int,
@@ -480,6 +553,14 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
 
     Returns:
         `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.
+
+    Raises:
+        ConfigError, before any solve: an unknown method or option; `num`, `steps` or a dimension
+        of `shape` that is not a positive integer; `t_end` outside (0, t1); `clip` that is not a
+        finite range lo < hi; an option out of its range (ode: rtol and atol not positive and
+        finite, max_steps not a positive integer; pc: snr not positive and finite; ddim: eta not
+        finite and non-negative; ...); a score that does not map one sample of `shape` (with its
+        conditions) to an array of that shape, or `cond` arrays without one condition per sample.
     """
     entry = SAMPLERS.get(method)
     if entry is None:
@@ -489,10 +570,12 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         raise ConfigError(f"sampling method {method!r} does not take {', '.join(map(repr, unknown))}; "
                           f"its options are: {_describe(entry)}.")
     steps = entry.default_steps if steps is None else steps
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"sampling steps must be a positive integer, got {steps!r}")
-    if num < 1:
-        raise ConfigError(f"number of samples must be positive, got {num}")
+    if steps is not None:
+        steps = check_count("sampling steps", steps)
+    num = check_count("the number of samples num", num)
+    shape = _sample_shape(shape)
+    if clip is not None:
+        clip = _clip_range(clip)
     t_end = sde.sampling_t0 if t_end is None else t_end
     if not 0 < t_end < sde.t1:
         raise ConfigError(f"sampling end time t_end must lie in (0, {sde.t1}), got {t_end}")
@@ -501,11 +584,10 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
     elif entry.ends_on_x0 and not denoise:
         raise ConfigError(f"sampling method {method!r} always ends on Tweedie's x_0 at t_end, so "
                           f"denoise=False does not apply to it.")
-    settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise),
-                "clip": None if clip is None else tuple(clip), "return_path": return_path}
+    settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise), "clip": clip,
+                "return_path": return_path}
     opts = dict(entry.defaults, **options)
-    x, info = _run(score, sde, tuple(shape), key, num, method, settings, progress, cond, sharding,
-                   options)
+    x, info = _run(score, sde, shape, key, num, method, settings, progress, cond, sharding, options)
     if "failure" in info:  # an adaptive solve: it may have run out of steps
         fix = (f"it cannot meet rtol={opts['rtol']:g}, atol={opts['atol']:g} in that many steps: "
                f"loosen them or raise max_steps (the sampler's options).")

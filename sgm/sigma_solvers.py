@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import ConfigError
+from .ode_solvers import check_number
 from .score import tweedie_x0
 from .sde import AbstractSDE
 
@@ -63,14 +64,15 @@ def sigma_grid(sde: AbstractSDE, t_end, n: int, grid: str = "karras", rho: float
             levels = np.asarray(grid, dtype=np.float64)
         except jax.errors.TracerArrayConversionError:  # levels being tuned (`sgm.tune_grid`)
             return jnp.asarray(grid, jnp.result_type(float))
-        if levels.shape != (n,) or not np.all(levels > 0) or not np.all(np.diff(levels) < 0):
+        if levels.shape != (n,) or not np.all(np.isfinite(levels)) or not np.all(levels > 0) \
+                or not np.all(np.diff(levels) < 0):
             raise ConfigError(f"a grid of noise levels must be {n} decreasing positive numbers "
                               f"(one per step), got {tuple(np.round(levels, 6).tolist())}")
         return jnp.asarray(levels, jnp.result_type(float))
     if grid not in GRIDS:
         raise ConfigError(f"unknown noise-level grid {grid!r}; expected one of {', '.join(GRIDS)}")
-    if grid == "karras" and not rho > 0:
-        raise ConfigError(f"the karras grid needs rho > 0, got {rho}")
+    if grid == "karras":
+        check_number("the karras grid's rho", rho, positive=True)
     s_max, s_min = sde.noise_level(sde.t1), sde.noise_level(t_end)
     u = jnp.linspace(0.0, 1.0, n)
     if grid == "karras":
@@ -118,8 +120,12 @@ def edm_heun(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, ret
     ignored (the last step is the denoising step).
     Returns `(x0, info)`, info holding the path when `return_path`.
     """
+    for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
+        check_number(f"heun's {name}", value)
     if not s_noise >= 0 or not s_churn >= 0:
         raise ConfigError(f"heun needs s_churn >= 0 and s_noise >= 0, got {s_churn}, {s_noise}")
+    if not s_tmin <= s_tmax:  # also refuses NaN; s_tmax may be inf (no upper bound)
+        raise ConfigError(f"heun needs s_tmin <= s_tmax, got {s_tmin}, {s_tmax}")
     sig = sigma_grid(sde, t_end, steps, grid, rho)
     gamma_max = min(s_churn / steps, math.sqrt(2) - 1)
     gamma = jnp.where((sig >= s_tmin) & (sig <= s_tmax), gamma_max, 0.0)

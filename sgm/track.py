@@ -122,9 +122,31 @@ class Jsonl(Tracker):
                 rec[k] = None if isinstance(v, float) and not math.isfinite(v) else v
         if len(rec) == 1:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec, allow_nan=False) + "\n")
+        _append_whole(self.path, (json.dumps(rec, allow_nan=False) + "\n").encode())
         self.logged.update((int(step), k) for k in rec if k != "step")
+
+
+def _append_whole(path: str | os.PathLike, data: bytes) -> None:
+    """Appends `data` to the file at `path` (made if absent) all or nothing: if the write fails
+    part-way (a full disk, a signal), the file is cut back to its length before and the error
+    passes on, naming `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException as e:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # the error that stopped the write is the one to report
+            if isinstance(e, OSError) and e.filename is None:
+                raise type(e)(e.errno, e.strerror, str(path)) from None
+            raise
+    finally:
+        os.close(fd)
 
 
 def _parse_jsonl(path: Path) -> tuple[list[dict], bool]:

@@ -14,10 +14,12 @@ on the devices while step k runs; it waits for the devices only when it logs, ev
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import einops
 import equinox as eqx
@@ -170,6 +172,50 @@ def stop_on_signals():
             signal.signal(sig, h)
 
 
+#: the folder of a run's best checkpoint, inside its checkpoints/
+BEST = "best"
+
+
+class BestCheckpoint:
+    """The checkpoint with the best validation score so far, and early stopping on it.
+
+    `directory` (e.g. `checkpoints/best`) holds one checkpoint, written like any other (atomic,
+    the state checked finite first), its score in the manifest's metadata (`val_score`): a
+    resumed run reads both back, so its choices are those of an uninterrupted one. With
+    `patience` (a number of evaluations every `eval_every` steps), training is over once that
+    many steps have passed since the best without a better score (lower is better).
+    """
+
+    def __init__(self, directory, *, patience: int | None = None, eval_every: int = 0):
+        self.directory = Path(directory)
+        self.patience, self.eval_every = patience, eval_every
+        self.score, self.step = math.inf, None
+        last = ckpt.latest(self.directory)
+        if last is not None:
+            manifest = ckpt.read_manifest(last)
+            score = manifest.get("metadata", {}).get("val_score")
+            if isinstance(score, int | float) and math.isfinite(score):
+                self.score, self.step = float(score), manifest["step"]
+
+    def update(self, state, step: int, score: float, metadata: dict | None = None) -> bool:
+        """Keeps `state` (at `step`) if `score` is finite and better than the best so far (on
+        process 0 the checkpoint is written); returns whether it was."""
+        if not (math.isfinite(score) and score < self.score):
+            return False
+        if int(parallel.gather(state.bad_step)) >= 0:  # a skipped NaN step: not a model to keep
+            return False
+        if parallel.is_main_process():
+            ckpt.save(self.directory, step, state, {**(metadata or {}), "val_score": float(score)},
+                      keep=1)
+        self.score, self.step = float(score), int(step)
+        return True
+
+    def stopped(self, step: int) -> bool:
+        """Whether early stopping ends training at `step`."""
+        return (self.patience is not None and self.step is not None
+                and step - self.step >= self.patience * self.eval_every)
+
+
 class Interrupted(Exception):
     """Training stopped by SIGINT/SIGTERM after saving a checkpoint."""
 
@@ -194,7 +240,9 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
         on_nan: "stop" (raise NumericalError at the first non-finite step) or "skip".
         max_skipped: with "skip", the fraction of this run's steps that may be skipped; beyond it
             (and beyond 4 steps) training stops with a NumericalError.
-        on_log, on_eval: hooks called with each log record / with (state, step) at eval steps.
+        on_log, on_eval: hooks called with each log record / with (state, step) at eval steps;
+            an evaluation that returns a dict with `"stop": True` ends training there (early
+            stopping), with a checkpoint of that step.
         progress: show a tqdm bar.
         metadata: stored in every checkpoint's manifest.
 
@@ -262,7 +310,9 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
                 if on_log:
                     on_log(rec)
             if on_eval is not None and eval_every and done % eval_every == 0 and done != steps:
-                on_eval(state, done)
+                if (on_eval(state, done) or {}).get("stop"):  # early stopping
+                    save(state)
+                    break
             if (ckpt_every and done % ckpt_every == 0) or done == steps:
                 save(state)
             if flag["stop"] is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import inspect
 import math
@@ -17,6 +18,32 @@ from sgm.data import grf_superres as superres
 from sgm.errors import ConfigError, DataError
 
 # ------------------------------------------------------------------------------------ 2-D toys
+
+
+def whole(ds):
+    """`ds` with its validation split put back where `data.split_validation` took it from: the
+    loader's own training set, in its order."""
+    if ds.val is None:
+        return ds
+    n = len(ds.train) + len(ds.val)
+    perm = np.random.default_rng([data._TAG, 3, n]).permutation(n)
+    at_val, at_train = np.sort(perm[: len(ds.val)]), np.sort(perm[len(ds.val):])
+
+    def merge(train, val):
+        if train is None:
+            return None
+        out = np.empty((n, *train.shape[1:]), train.dtype)
+        out[at_train], out[at_val] = train, val
+        return out
+
+    return dataclasses.replace(ds, train=merge(ds.train, ds.val),
+                               train_cond=merge(ds.train_cond, ds.val_cond), val=None,
+                               val_cond=None)
+
+
+def load(*args, **kwargs):
+    """`data.load` with the validation split put back: the loaders' training sets as they are."""
+    return whole(data.load(*args, **kwargs))
 
 
 @pytest.mark.parametrize("name", toy.NAMES)
@@ -108,7 +135,7 @@ def test_grf_sample_covariance():
 
 
 def test_grf_dataset_log_prob_and_entropy():
-    ds = data.load("grf", n_train=64, n_test=2000, image_size=8, seed=3)
+    ds = load("grf", n_train=64, n_test=2000, image_size=8, seed=3)
     assert ds.train.shape == (64, 1, 8, 8) and ds.train.dtype == np.float32
     assert ds.train_cond.shape == (64, 2) and ds.param_dim == 2
     lo, hi = grf.AMPLITUDE_RANGE, grf.SLOPE_RANGE
@@ -118,7 +145,7 @@ def test_grf_dataset_log_prob_and_entropy():
     assert lp.shape == (2000,)
     # -E log p(x | theta) = E H(theta): the test NLL of the true density equals its entropy
     assert abs(-lp.mean() - ds.entropy) < 4 * lp.std() / math.sqrt(lp.size)
-    again = data.load("grf", n_train=64, n_test=4, image_size=8, seed=3)
+    again = load("grf", n_train=64, n_test=4, image_size=8, seed=3)
     np.testing.assert_array_equal(ds.train, again.train)
 
 
@@ -126,24 +153,24 @@ def test_grf_dataset_log_prob_and_entropy():
 
 
 def test_digits():
-    ds = data.load("digits")
+    ds = load("digits")
     assert ds.train.shape == (1500, 1, 8, 8) and ds.test.shape == (297, 1, 8, 8)
     assert ds.train.dtype == np.uint8 and ds.levels == 17 and ds.num_classes == 10
     both = np.concatenate([ds.train, ds.test])
     assert both.min() == 0 and both.max() == 16 and len(np.unique(both)) == 17
     assert set(np.unique(ds.train_cond)) == set(range(10)) == set(np.unique(ds.test_cond))
-    np.testing.assert_array_equal(ds.test, data.load("digits").test)
+    np.testing.assert_array_equal(ds.test, load("digits").test)
 
 
 def test_load_toys_and_unknown():
-    ds = data.load("eight_gaussians", n_train=100, n_test=50, seed=1)
+    ds = load("eight_gaussians", n_train=100, n_test=50, seed=1)
     assert ds.train.shape == (100, 2) and ds.test.shape == (50, 2) and ds.shape == (2,)
     assert not np.array_equal(ds.train[:50], ds.test)
     assert ds.entropy == pytest.approx(toy.entropy("eight_gaussians"))
     np.testing.assert_allclose(ds.log_prob(ds.test), toy.log_prob("eight_gaussians", ds.test))
-    assert data.load("moons", n_train=10, n_test=10).log_prob is None
+    assert load("moons", n_train=10, n_test=10).log_prob is None
     with pytest.raises(ConfigError, match="moons.*mnist"):
-        data.load("imagenet")
+        load("imagenet")
     with pytest.raises(DataError, match="NaN"):
         data.Dataset("bad", np.full((3, 2), np.nan, np.float32), np.zeros((1, 2)), None, None, (2,))
 
@@ -156,15 +183,15 @@ def test_every_dataset_is_one_entry_of_one_signature(monkeypatch):
         assert [p.name for p in params] == ["name", *keywords], name
         assert all(p.kind is p.KEYWORD_ONLY for p in params[1:]), name
     with pytest.raises(ConfigError, match=r"^unknown dataset 'imagenet'; expected one of moons, .*, array$"):
-        data.load("imagenet")
+        load("imagenet")
     seen = []
 
     def loader(name, *, root, n_train, n_test, image_size, seed):
         seen.append((name, root, n_train, n_test, image_size, seed))
-        return data.load("moons", n_train=n_train, n_test=n_test, seed=seed)
+        return load("moons", n_train=n_train, n_test=n_test, seed=seed)
 
     monkeypatch.setitem(data.DATASETS, "new", loader)  # a new dataset is one entry
-    assert data.load("new", root="r", n_train=3, n_test=2, seed=5).train.shape == (3, 2)
+    assert load("new", root="r", n_train=3, n_test=2, seed=5).train.shape == (3, 2)
     assert seen == [("new", "r", 3, 2, None, 5)]
 
 
@@ -195,13 +222,13 @@ def _write_mnist_idx(directory, rng, gz=False):
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_idx_roundtrip(tmp_path, gz):
     xtr, ytr, xte, yte = _write_mnist_idx(tmp_path / "MNIST" / "raw", np.random.default_rng(0), gz)
-    ds = data.load("mnist", root=tmp_path)
+    ds = load("mnist", root=tmp_path)
     assert ds.shape == (1, 28, 28) and ds.levels == 256 and ds.num_classes == 10
     np.testing.assert_array_equal(ds.train[:, 0], xtr)
     np.testing.assert_array_equal(ds.train_cond, ytr)
     np.testing.assert_array_equal(ds.test[:, 0], xte)
     np.testing.assert_array_equal(ds.test_cond, yte)
-    assert data.load("mnist", root=tmp_path, image_size=32).train.shape == (5, 1, 32, 32)
+    assert load("mnist", root=tmp_path, image_size=32).train.shape == (5, 1, 32, 32)
 
 
 def test_mnist_npz_roundtrip(tmp_path):
@@ -209,44 +236,44 @@ def test_mnist_npz_roundtrip(tmp_path):
     (xtr, ytr), (xte, yte) = _tiny_mnist(rng, 4), _tiny_mnist(rng, 2)
     np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     for root in (tmp_path, tmp_path / "mnist.npz"):
-        ds = data.load("mnist", root=root)
+        ds = load("mnist", root=root)
         np.testing.assert_array_equal(ds.train[:, 0], xtr)
         np.testing.assert_array_equal(ds.test_cond, yte)
 
 
 def test_mnist_errors(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
-        data.load("mnist", root=tmp_path / "nowhere")
+        load("mnist", root=tmp_path / "nowhere")
     with pytest.raises(DataError, match=f"MNIST not found.*{tmp_path}"):
-        data.load("mnist", root=tmp_path)
+        load("mnist", root=tmp_path)
     _write_mnist_idx(tmp_path, np.random.default_rng(0))
     images = tmp_path / files.MNIST_FILES[0]
     good = images.read_bytes()
     images.write_bytes(good[:-10])  # truncated
     with pytest.raises(DataError, match=f"{images}.*expected"):
-        data.load("mnist", root=tmp_path)
+        load("mnist", root=tmp_path)
     images.write_bytes(b"\x00\x00\x0d\x03" + good[4:])  # float idx: wrong magic
     with pytest.raises(DataError, match=f"{images} has magic number"):
-        data.load("mnist", root=tmp_path)
+        load("mnist", root=tmp_path)
     images.write_bytes(good)
     labels = tmp_path / files.MNIST_FILES[1]
     labels.write_bytes(_idx(np.array([0, 1, 2, 3, 12])))
     with pytest.raises(DataError, match=f"{labels} has labels"):
-        data.load("mnist", root=tmp_path)
+        load("mnist", root=tmp_path)
     gz = tmp_path / "gz"
     _write_mnist_idx(gz, np.random.default_rng(0), gz=True)
     bad = gz / (files.MNIST_FILES[2] + ".gz")
     bad.write_bytes(bad.read_bytes()[:20])
     with pytest.raises(DataError, match=str(bad)):
-        data.load("mnist", root=gz)
+        load("mnist", root=gz)
     x = np.zeros((2, 28, 28), np.float32)
     x[0, 3, 3] = np.nan
     np.savez(tmp_path / "nan.npz", x_train=x, y_train=np.zeros(2), x_test=x, y_test=np.zeros(2))
     with pytest.raises(DataError, match=f"{tmp_path / 'nan.npz'}.*NaN"):
-        data.load("mnist", root=tmp_path / "nan.npz")
+        load("mnist", root=tmp_path / "nan.npz")
     np.savez(tmp_path / "obj.npz", x_train=np.array([None, 1]))
     with pytest.raises(DataError, match="obj.npz"):
-        data.load("mnist", root=tmp_path / "obj.npz")
+        load("mnist", root=tmp_path / "obj.npz")
 
 
 # --------------------------------------------------------------------------------- CIFAR-10 files
@@ -265,19 +292,19 @@ def _write_cifar(directory, rng, n=3):
 
 def test_cifar_roundtrip_and_errors(tmp_path):
     written = _write_cifar(tmp_path / "cifar-10-batches-bin", np.random.default_rng(2))
-    ds = data.load("cifar10", root=tmp_path)
+    ds = load("cifar10", root=tmp_path)
     assert ds.train.shape == (15, 3, 32, 32) and ds.test.shape == (3, 3, 32, 32)
     np.testing.assert_array_equal(ds.train[3:6], written["data_batch_2.bin"][0])
     np.testing.assert_array_equal(ds.train_cond[3:6], written["data_batch_2.bin"][1])
     np.testing.assert_array_equal(ds.test, written["test_batch.bin"][0])
-    assert data.load("cifar10", root=tmp_path, n_train=4).train.shape == (4, 3, 32, 32)
+    assert load("cifar10", root=tmp_path, n_train=4).train.shape == (4, 3, 32, 32)
     bad = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
     bad.write_bytes(bad.read_bytes()[:-1])
     with pytest.raises(DataError, match=f"{bad} holds .* multiple of 3073"):
-        data.load("cifar10", root=tmp_path)
+        load("cifar10", root=tmp_path)
     bad.unlink()
     with pytest.raises(DataError, match=f"CIFAR-10 not found.*data_batch_3.bin.*{tmp_path}"):
-        data.load("cifar10", root=tmp_path)
+        load("cifar10", root=tmp_path)
 
 
 # ---------------------------------------------------------------------------------- image folder
@@ -298,10 +325,10 @@ def test_image_folder(tmp_path):
     assert classes == ("roses", "tulips") and x.shape == (10, 3, 6, 7)
     np.testing.assert_array_equal(labels, [0] * 5 + [1] * 5)
     np.testing.assert_array_equal(x[7], written[("tulips", 2)].transpose(2, 0, 1))
-    ds = data.load("flowers", root=tmp_path)
+    ds = load("flowers", root=tmp_path)
     assert ds.train.shape[0] + ds.test.shape[0] == 10 and ds.test.shape[0] == 1
     assert ds.num_classes == 2 and ds.levels == 256
-    small = data.load("flowers", root=tmp_path, image_size=4, n_test=3)
+    small = load("flowers", root=tmp_path, image_size=4, n_test=3)
     assert small.train.shape == (7, 3, 4, 4) and small.test.shape == (3, 3, 4, 4)
     # grey images give one channel; a larger grey image is resized, then centre-cropped
     grey = tmp_path / "grey"
@@ -320,7 +347,7 @@ def test_image_folder_errors(tmp_path):
     from PIL import Image
 
     with pytest.raises(DataError, match=str(tmp_path / "flowers")):
-        data.load("flowers", root=tmp_path / "flowers")
+        load("flowers", root=tmp_path / "flowers")
     with pytest.raises(DataError, match=f"No image files.*{tmp_path}"):
         images.load_image_folder(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
@@ -436,24 +463,24 @@ def _npz(path, **arrays):
 def test_array_points_fields_and_images(tmp_path):
     rng = np.random.default_rng(0)
     x, x_test = rng.normal(size=(20, 3)), rng.normal(size=(5, 3))
-    ds = data.load("array", root=_npz(tmp_path / "p.npz", x=x, x_test=x_test))
+    ds = load("array", root=_npz(tmp_path / "p.npz", x=x, x_test=x_test))
     assert ds.shape == (3,) and ds.train.dtype == np.float32 and ds.levels is None
     np.testing.assert_allclose(ds.test, x_test.astype(np.float32))
-    assert data.load("array", root=tmp_path / "p.npz", n_train=7, n_test=2).test.shape == (2, 3)
+    assert load("array", root=tmp_path / "p.npz", n_train=7, n_test=2).test.shape == (2, 3)
     # fields (N, H, W) gain a channel axis; a .npy file is x alone with a fixed held-out tenth
     np.save(tmp_path / "f.npy", rng.normal(size=(30, 4, 4)).astype(np.float32))
-    ds = data.load("array", root=tmp_path / "f.npy")
+    ds = load("array", root=tmp_path / "f.npy")
     assert ds.shape == (1, 4, 4) and ds.train.shape[0] == 27 and ds.test.shape[0] == 3
-    again = data.load("array", root=tmp_path / "f.npy", seed=5)
+    again = load("array", root=tmp_path / "f.npy", seed=5)
     np.testing.assert_array_equal(ds.test, again.test)  # the split ignores the seed
     both = np.concatenate([ds.train, ds.test]).reshape(30, -1)
     assert len(np.unique(both, axis=0)) == 30  # train and test partition the samples
-    ds = data.load("array", root=tmp_path / "f.npy", n_test=10)
+    ds = load("array", root=tmp_path / "f.npy", n_test=10)
     assert ds.train.shape[0] == 20 and ds.test.shape[0] == 10
     # discrete images with their levels and labels
     img = rng.integers(0, 17, (12, 1, 6, 6), dtype=np.uint8)
     lab = rng.integers(0, 3, 12)
-    ds = data.load("array", root=_npz(tmp_path / "d.npz", x=img, levels=17, labels=lab), n_test=4)
+    ds = load("array", root=_npz(tmp_path / "d.npz", x=img, levels=17, labels=lab), n_test=4)
     assert ds.levels == 17 and ds.train.dtype == np.uint8 and ds.num_classes == int(lab.max()) + 1
     assert ds.train_cond.dtype == np.int32 and ds.test_cond.shape == (4,)
 
@@ -461,11 +488,11 @@ def test_array_points_fields_and_images(tmp_path):
 def test_array_parameters_and_conditioning_images(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(10, 2, 8, 8)).astype(np.float32)
-    ds = data.load("array", root=_npz(tmp_path / "p.npz", x=x, params=rng.uniform(size=10)),
+    ds = load("array", root=_npz(tmp_path / "p.npz", x=x, params=rng.uniform(size=10)),
                    n_test=2)
     assert ds.param_dim == 1 and ds.train_cond.shape == (8, 1) and ds.cond_shape is None
     cond, cond_test = rng.normal(size=(10, 4, 4)), rng.normal(size=(3, 4, 4))
-    ds = data.load("array", root=_npz(tmp_path / "c.npz", x=x, cond=cond, x_test=x[:3],
+    ds = load("array", root=_npz(tmp_path / "c.npz", x=x, cond=cond, x_test=x[:3],
                                       cond_test=cond_test))
     assert ds.cond_shape == (1, 4, 4) and ds.train_cond.shape == (10, 1, 4, 4)
     assert ds.test_cond.dtype == np.float32 and ds.num_classes is None and ds.param_dim is None
@@ -528,10 +555,10 @@ def test_array_bad_inputs_have_one_line_errors(tmp_path):
     for what, (content, cls, pattern) in _bad_cases(tmp_path).items():
         root = _npz(tmp_path / "bad.npz", **content) if isinstance(content, dict) else content
         with pytest.raises(cls, match=pattern) as e:
-            data.load("array", root=root)
+            load("array", root=root)
         assert "\n" not in str(e.value), what
     with pytest.raises(ConfigError, match="image_size"):
-        data.load("array", root=tmp_path / "bad.npz", image_size=8)
+        load("array", root=tmp_path / "bad.npz", image_size=8)
 
 
 def test_array_errors_exit_2_from_the_command_line(tmp_path, capsys):
@@ -554,7 +581,7 @@ def test_array_errors_exit_2_from_the_command_line(tmp_path, capsys):
 
 def test_fashion_mnist_missing_names_the_package(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        data.load("fashion_mnist", root=tmp_path / "absent")
+        load("fashion_mnist", root=tmp_path / "absent")
 
 
 @pytest.mark.slow
@@ -565,7 +592,7 @@ def test_fashion_mnist_real_files_load_and_train_two_steps(tmp_path):
 
     from sgm import run
 
-    ds = data.load("fashion_mnist")
+    ds = load("fashion_mnist")
     assert ds.train.shape == (60000, 1, 28, 28) and ds.test.shape == (10000, 1, 28, 28)
     assert ds.levels == 256 and ds.num_classes == 10
     assert np.bincount(ds.train_cond).tolist() == [6000] * 10  # the balanced official split
@@ -619,14 +646,14 @@ def test_grf_superres_posterior_matches_dense_gaussian_conditioning():
 
 
 def test_grf_superres_dataset_density_and_entropy():
-    ds = data.load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
+    ds = load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
     assert ds.shape == ds.cond_shape == (1, 8, 8) and ds.train_cond.shape == (50, 1, 8, 8)
     nll = -ds.log_prob(ds.test, ds.test_cond)
     # the exact density is the one the data were drawn from: its mean NLL is the entropy
     assert abs(nll.mean() - ds.entropy) < 4 * nll.std() / math.sqrt(nll.size)
     shuffled = -ds.log_prob(ds.test, ds.test_cond[::-1])
     assert shuffled.mean() > ds.entropy + 10 * nll.std() / math.sqrt(nll.size)
-    again = data.load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
+    again = load("grf_superres", n_train=50, n_test=400, image_size=8, seed=3)
     np.testing.assert_array_equal(ds.test_cond, again.test_cond)
     with pytest.raises(DataError, match="noise_std"):
         superres.posterior_modes(8, noise_std=0.0)

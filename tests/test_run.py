@@ -213,8 +213,8 @@ def test_prepare_workdir_rereads_a_checkpoint_written_meanwhile(tmp_path, monkey
     with contextlib.ExitStack() as stack:
         again = run.prepare_workdir(exp, wd, stack=stack)
     assert again.checkpoint == path and int(again.state.step) == 6 and again.ds is exp.ds
-    with pytest.raises(CheckpointError, match="does not match the configured model"):
-        build.resume(other, wd / "checkpoints")
+    with pytest.raises(CheckpointError, match="was trained with model.width=16, not 8"):
+        build.resume(other, wd / "checkpoints")  # the field that differs, before any shape
     path.unlink()  # gone meanwhile: a new state
     fresh = build.resume(again, wd / "checkpoints")
     assert fresh.checkpoint is None and int(fresh.state.step) == 0
@@ -256,18 +256,23 @@ def test_experiment_checks_the_batch_against_the_mesh():
 def test_train_phase_trains_logs_and_draws(trained):
     exp, state, done, rec, wd = trained
     assert int(state.step) == 8 and int(exp.state.step) == 0  # the experiment's state is kept
-    assert list(done) == ["train_seconds", "steps", "eval_loss"] and done["steps"] == 8
+    assert list(done) == ["train_seconds", "steps", "eval_loss", "best_step", "best_eval_nll",
+                          "stopped_early"] and done["steps"] == 8 and not done["stopped_early"]
     assert done["train_seconds"] > 100.0  # the earlier commands' seconds added
     assert np.isfinite(done["eval_loss"])
     loss_rows = [r for r in rec.scalar_rows if "loss" in r]
     assert [r["step"] for r in loss_rows] == [4, 8]
     lr = build.learning_rate(exp.cfg)
     assert [r["lr"] for r in loss_rows] == [float(lr(3)), float(lr(7))]
-    evals = [r for r in rec.scalar_rows if "eval_nll" in r]
-    assert [r["step"] for r in evals] == [4] and all(np.isfinite(r["eval_nll"]) for r in evals)
-    assert rec.scalar_rows[-1] == {"step": 8, "eval_loss": done["eval_loss"]}
+    evals = [r for r in rec.scalar_rows if "eval_nll" in r]  # on the validation split
+    assert [r["step"] for r in evals] == [4, 8] and all(np.isfinite(r["eval_nll"]) for r in evals)
+    assert rec.scalar_rows[-1] == evals[-1] and evals[-1]["eval_loss"] == done["eval_loss"]
     assert [p.name for p in ckpt.list_checkpoints(wd / "checkpoints")] == ["ckpt_000000004.npz",
                                                                           "ckpt_000000008.npz"]
+    best = min(evals, key=lambda r: r["eval_nll"])  # the best validation NLL is kept
+    assert (done["best_step"], done["best_eval_nll"]) == (best["step"], best["eval_nll"])
+    assert [p.name for p in ckpt.list_checkpoints(wd / "checkpoints" / "best")] == [
+        f"ckpt_{best['step']:09d}.npz"]
     assert (wd / "figs" / "training.png").is_file()
 
 
@@ -307,12 +312,16 @@ def test_likelihood_phase_writes_the_likelihood_and_the_density(trained, tmp_pat
     assert lik["gap"] == pytest.approx(lik["nll"] - lik["true_nll"], abs=1e-9)
     assert 0 < lik["gap_stderr"] and "draws" not in lik
     line = capsys.readouterr().out
-    assert lik["solver_check_num"] == 1 and lik["solver_error"] >= 0
+    assert lik["solver_check_num"] == 8 and lik["solver_error"] >= 0  # min(num, 20) points
     assert line.startswith(f"test NLL on 8 points: {lik['nll']:.4f} ± {lik['nll_stderr']:.4f} "
                            f"(test points) ± {lik['solver_error']:.1e} (solver) nats "
                            f"(true entropy 2.8316, "
                            f"exact density on these points {lik['true_nll']:.4f}, paired gap "
-                           f"{lik['gap']:.4f} ± {lik['gap_stderr']:.4f}), nfe ")
+                           f"{lik['gap']:.4f} ± {lik['gap_stderr']:.4f}) = "
+                           f"{lik['nll_per_dim']:.4f} nats/dim, nfe ")
+    with np.load(tmp_path / "likelihood.npz") as f:  # each point's log-likelihood, data units
+        assert f["log_likelihood"].shape == (8,)
+        assert -f["log_likelihood"].mean() == pytest.approx(lik["nll"], abs=1e-5)
     assert rec.scalar_rows == [{"step": 8, "test_nll": lik["nll"], "test_bpd": lik["bpd"]}]
     assert rec.figures == [(8, "density", tmp_path / "figs" / "density.png")]
     none = run.likelihood_phase(exp, state.ema, step=8, mesh=parallel.make_mesh(),

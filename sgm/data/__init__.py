@@ -39,12 +39,15 @@ __all__ = [
     "grf_superres",
     "images",
     "load",
+    "split_validation",
     "toy",
 ]
 
 #: where Debian's package dataset-fashion-mnist installs the four idx files
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _TAG = 0xDA7A  # keeps data-generation streams apart from the loader's (seed, epoch) streams
+#: the default part of the training examples `load` sets aside for validation
+VAL_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +59,9 @@ class Dataset:
         train, test: `(N, *shape)` arrays in data units (uint8 levels when `levels` is set).
         train_cond, test_cond: int32 labels `(N,)`, float32 parameters `(N, param_dim)`, float32
             conditioning images `(N, *cond_shape)`, or None.
+        val, val_cond: the validation split and its conditions (None before `load` sets it
+            aside): training-time metrics, early stopping and the best checkpoint read it; the
+            test split is read once, at the end.
         shape: per-sample shape.
         levels: number of integer levels of discrete data (17 digits, 256 images), None if
             continuous.
@@ -80,6 +86,8 @@ class Dataset:
     log_prob: Callable[..., np.ndarray] | None = None
     entropy: float | None = None
     cond_shape: tuple[int, ...] | None = None
+    val: np.ndarray | None = None
+    val_cond: np.ndarray | None = None
 
     def __post_init__(self):
         if sum(v is not None for v in (self.num_classes, self.param_dim, self.cond_shape)) > 1:
@@ -92,8 +100,10 @@ class Dataset:
             raise DataError(f"Dataset {self.name!r} has conditioning images of shape "
                             f"{self.cond_shape}: expected (C', h, w) no larger than its samples "
                             f"{self.shape}.")
-        for part in ("train", "test"):
+        for part in ("train", "test", "val"):
             x, cond = getattr(self, part), getattr(self, f"{part}_cond")
+            if x is None:  # no validation split yet
+                continue
             if tuple(x.shape[1:]) != tuple(self.shape):
                 raise DataError(
                     f"Dataset {self.name!r} {part} has samples of shape {x.shape[1:]}: "
@@ -132,7 +142,8 @@ class Dataset:
             return None if a is None else f"{a.dtype}{list(a.shape)}"
 
         return (
-            f"Dataset(name={self.name!r}, train={desc(self.train)}, test={desc(self.test)}, "
+            f"Dataset(name={self.name!r}, train={desc(self.train)}, val={desc(self.val)}, "
+            f"test={desc(self.test)}, "
             f"train_cond={desc(self.train_cond)}, test_cond={desc(self.test_cond)}, "
             f"shape={self.shape}, levels={self.levels}, num_classes={self.num_classes}, "
             f"param_dim={self.param_dim}, cond_shape={self.cond_shape}, entropy={self.entropy})"
@@ -272,6 +283,7 @@ def _array(name, *, root, n_train, n_test, image_size, seed) -> Dataset:
         num_classes=a.num_classes,
         param_dim=c_train.shape[1] if a.kind == "params" else None,
         cond_shape=tuple(c_train.shape[1:]) if a.kind == "cond" else None,
+        val=a.x_val, val_cond=a.cond_val,
     )  # fmt: skip
 
 
@@ -300,8 +312,9 @@ def load(
     n_test: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    val_fraction: float = VAL_FRACTION,
 ) -> Dataset:
-    """Load or generate dataset `name` (one of `NAMES`).
+    """Load or generate dataset `name` (one of `NAMES`), with its validation split set aside.
 
     Args:
         name: moons, eight_gaussians, checkerboard, swiss_roll, circles (2-D toys), digits, grf,
@@ -318,9 +331,34 @@ def load(
         image_size: grid size of the grf (default 32) and grf_superres (default 16); for images,
             resize the shorter side and centre-crop to this size (default: keep the stored size).
         seed: seed of generated data (toys, grf, grf_superres); other sets ignore it.
+        val_fraction: the part of the training examples set aside as the validation split
+            (`split_validation`), unless the data bring their own (an array file's `x_val`).
     """
     loader = DATASETS.get(name)
     if loader is None:
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}")
-    return loader(name, root=root, n_train=n_train, n_test=n_test, image_size=image_size,
-                  seed=seed)
+    ds = loader(name, root=root, n_train=n_train, n_test=n_test, image_size=image_size,
+                seed=seed)
+    return ds if ds.val is not None else split_validation(ds, val_fraction)
+
+
+def split_validation(ds: Dataset, fraction: float) -> Dataset:
+    """`ds` with round(`fraction` N) (at least one) of its N training examples moved to `val`
+    (and their conditions to `val_cond`): a fixed random subset that depends on N alone (never on a seed,
+    so every run and every seed of a sweep validates on the same examples), the rest kept in
+    their order. Raises ConfigError if either part would be empty."""
+    n = ds.train.shape[0]
+    n_val = max(1, int(round(fraction * n)))
+    if not (0 < fraction < 1 and n_val < n):
+        raise ConfigError(f"data.val_fraction={fraction!r} is invalid for {ds.name!r}: its {n} "
+                          f"training examples would give {n_val} for validation and {n - n_val} "
+                          f"for training; expected a fraction in (0, 1) that leaves at least one "
+                          f"example in each (or an x_val array in the data file).")
+    perm = np.random.default_rng([_TAG, 3, n]).permutation(n)
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+    def take(a, idx):
+        return None if a is None else a[idx]
+
+    return dataclasses.replace(ds, train=ds.train[train], train_cond=take(ds.train_cond, train),
+                               val=ds.train[val], val_cond=take(ds.train_cond, val))

@@ -11,6 +11,9 @@ Keys of the npz file (a `.npy` file holds `x` alone):
                (h <= H, w <= W; floats or integers)
     x_test, labels_test, params_test, cond_test: a held-out set with the same keys; without them
                a fixed subset (`n_test`, default a tenth) of `x` is held out
+    x_val, labels_val, params_val, cond_val: the user's own validation set (training-time
+               metrics, early stopping and the best checkpoint use it); without them a part of
+               the training samples is set aside (`data.val_fraction`, see `sgm.data.load`)
 
 Everything is read with `allow_pickle=False`; object arrays, NaN/inf, mismatched lengths and shapes,
 and wrong dtypes raise `DataError` naming the file, the key and what is expected.
@@ -29,14 +32,16 @@ from sgm.errors import ConfigError, DataError
 from sgm.npz import oversized
 
 CONDITIONS = ("labels", "params", "cond")  # what the samples may be conditioned on
-KEYS = ("x", "levels", *CONDITIONS, "x_test", *(f"{k}_test" for k in CONDITIONS))
+KEYS = ("x", "levels", *CONDITIONS, "x_test", *(f"{k}_test" for k in CONDITIONS),
+        "x_val", *(f"{k}_val" for k in CONDITIONS))
 MAX_LEVELS = 65536
 _SPLIT_TAG = 0xA77A  # the held-out split depends on this file's content only, never on a seed
 
 
 @dataclasses.dataclass(frozen=True)
 class Arrays:
-    """The checked train/test arrays of one file (`kind` names the condition, or None)."""
+    """The checked train/test (and, where the file has them, validation) arrays of one file
+    (`kind` names the condition, or None)."""
 
     x_train: np.ndarray
     x_test: np.ndarray
@@ -45,6 +50,8 @@ class Arrays:
     kind: str | None
     levels: int | None
     num_classes: int | None
+    x_val: np.ndarray | None = None
+    cond_val: np.ndarray | None = None
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -193,29 +200,20 @@ def load_arrays(path: str | Path | None, *, n_test: int | None = None) -> Arrays
         raise DataError(f"{path} holds {' and '.join(given)}: expected at most one of "
                         f"{', '.join(CONDITIONS)} (the one condition of every sample).")
     kind = given[0] if given else None
-    has_test = "x_test" in raw
-    for k in CONDITIONS:
-        if f"{k}_test" in raw and (k != kind or not has_test):
-            raise DataError(f"{path} has {k}_test without {k} and x_test: expected test arrays "
-                            "only next to their training arrays.")
-    if has_test and kind and f"{kind}_test" not in raw:
-        raise DataError(f"{path} has x_test and {kind} but no {kind}_test: expected the {kind} of "
-                        "every test sample too.")
+    for part in ("test", "val"):
+        for k in CONDITIONS:
+            if f"{k}_{part}" in raw and (k != kind or f"x_{part}" not in raw):
+                raise DataError(f"{path} has {k}_{part} without {k} and x_{part}: expected "
+                                f"{part} arrays only next to their training arrays.")
+        if f"x_{part}" in raw and kind and f"{kind}_{part}" not in raw:
+            raise DataError(f"{path} has x_{part} and {kind} but no {kind}_{part}: expected the "
+                            f"{kind} of every {part} sample too.")
     levels = _levels(raw)
     x = _samples(raw["x"], levels, f"{path} (x)")
     cond = None if kind is None else _condition(kind, raw[kind], x, f"{path} ({kind})")
-    if has_test:
-        x_test = _samples(raw["x_test"], levels, f"{path} (x_test)")
-        if x_test.shape[1:] != x.shape[1:]:
-            raise DataError(f"{path} (x_test) has samples of shape {x_test.shape[1:]}: expected "
-                            f"{x.shape[1:]}, the shape of x's.")
-        cond_test = None
-        if kind:
-            where = f"{path} ({kind}_test)"
-            cond_test = _condition(kind, raw[f"{kind}_test"], x_test, where)
-            if cond_test.shape[1:] != cond.shape[1:]:
-                raise DataError(f"{where} has shape {cond_test.shape[1:]} per sample: expected "
-                                f"{cond.shape[1:]}, as in {kind}.")
+    (x_val, cond_val) = _part(raw, "val", kind, x, cond, levels, path)
+    if "x_test" in raw:
+        x_test, cond_test = _part(raw, "test", kind, x, cond, levels, path)
     else:
         n_hold = max(1, x.shape[0] // 10) if n_test is None else n_test
         if n_hold >= x.shape[0]:
@@ -227,5 +225,25 @@ def load_arrays(path: str | Path | None, *, n_test: int | None = None) -> Arrays
         cond, cond_test = (None, None) if cond is None else (cond[train], cond[test])
     num_classes = None
     if kind == "labels":
-        num_classes = int(max(cond.max(), cond_test.max())) + 1
-    return Arrays(x, x_test, cond, cond_test, kind, levels, num_classes)
+        num_classes = int(max(c.max() for c in (cond, cond_test, cond_val) if c is not None)) + 1
+    return Arrays(x, x_test, cond, cond_test, kind, levels, num_classes, x_val, cond_val)
+
+
+def _part(raw: dict, part: str, kind: str | None, x: np.ndarray, cond: np.ndarray | None,
+          levels: int | None, path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The file's `x_<part>` and its conditions, checked against the training arrays' shapes;
+    (None, None) where the file has no `x_<part>`."""
+    if f"x_{part}" not in raw:
+        return None, None
+    xp = _samples(raw[f"x_{part}"], levels, f"{path} (x_{part})")
+    if xp.shape[1:] != x.shape[1:]:
+        raise DataError(f"{path} (x_{part}) has samples of shape {xp.shape[1:]}: expected "
+                        f"{x.shape[1:]}, the shape of x's.")
+    if not kind:
+        return xp, None
+    where = f"{path} ({kind}_{part})"
+    cp = _condition(kind, raw[f"{kind}_{part}"], xp, where)
+    if cp.shape[1:] != cond.shape[1:]:
+        raise DataError(f"{where} has shape {cp.shape[1:]} per sample: expected "
+                        f"{cond.shape[1:]}, as in {kind}.")
+    return xp, cp
