@@ -72,7 +72,7 @@ class Baseline:
     def log_prob(self, x) -> np.ndarray:
         """log p(x) in nats per row, in data units: log p_z((x - m) / s) - sum_j log s_j.
 
-        Args:
+        Arguments:
             x: (N, D) finite rows.
 
         Returns:
@@ -112,7 +112,7 @@ def fit_baselines(x_train, x_val, *, seed: int = 0) -> dict[str, Baseline]:
       evaluated exactly in float64 (`sklearn.neighbors.KernelDensity`'s tree evaluation is not
       used: its log-densities are far off for points in the tails once D reaches a few tens).
 
-    Args:
+    Arguments:
         x_train: (N_train, D) finite training rows in data units, N_train >= D + 1.
         x_val: (N_val, D) finite validation rows, N_val >= 2.
         seed: seeds the mixture's initialisations and the kernel centres' subset.
@@ -151,7 +151,7 @@ def paired(model_logp, baseline_logp, *, dim: int) -> dict:
     p_model(x_n)) / D, returns the mean of d and its standard error std(d, ddof=1) / sqrt(N);
     negative means the model is better.
 
-    Args:
+    Arguments:
         model_logp: (N,) the model's log-densities of the test points, nats per sample.
         baseline_logp: (N,) the baseline's of the same points, in the same units.
         dim: D, the number of dimensions of one point.
@@ -175,7 +175,7 @@ def paired(model_logp, baseline_logp, *, dim: int) -> dict:
 def report(baselines: dict[str, Baseline], x_test, model_logp=None) -> dict:
     """Every baseline's test NLL, its hyperparameters and its paired difference to the model.
 
-    Args:
+    Arguments:
         baselines: as `fit_baselines` returns them.
         x_test: (N, D) finite test rows in data units, N >= 2.
         model_logp: (N,) the model's log-densities of `x_test` in nats per sample (data units),

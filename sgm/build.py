@@ -38,7 +38,8 @@ from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .conditioning import Conditioning
 from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
-from .sigma_solvers import GRIDS
+from .ode_solvers import ODE_SOLVERS, STEPPING
+from .sigma_solvers import GRIDS, VARIANTS
 from .step_search import levels_for, search_costs, tune_grid
 from .sde import (
     CosineSchedule,
@@ -247,18 +248,45 @@ def objective(cfg: Config) -> str:
 
 
 def sample_options(cfg: Config) -> dict:
-    """Keywords of `sgm.sample`: method, steps, t_end and the options the method takes."""
+    """Keywords of `sgm.sample`: method, steps, t_end and the method's own options that the config
+    changed from their `SampleConfig` defaults (the library's own defaults, or "" / none where
+    each method has its own: grid, order, s_tmax), so an unchanged option is the library's.
+
+    An option changed for a method that does not take it (`SAMPLERS[method].options`) is a
+    ConfigError naming the option, the method and the methods that take it: one config may carry
+    every method's options at their defaults. The ode sampler's `solver`, `stepping`, unipc's
+    `variant` and ddpm's `variance` are checked against their names here; their ranges, and the
+    other options', by `sgm.config.validate`. `steps` is None for the adaptive ode (its solver
+    chooses them) and `sample.steps` for every other method, the fixed-step ode solvers included.
+    `grid="searched"`/`"tuned"` is left to `Experiment.samples`.
+    """
     s = cfg.sample
     spec = samplers.SAMPLERS[s.method]
-    opts = {k: getattr(s, k) for k in spec.options if hasattr(s, k)}  # e.g. pc's snr, ddim's eta
-    if s.grid and "grid" not in spec.options:
-        with_grid = ", ".join(m for m, e in samplers.SAMPLERS.items() if "grid" in e.options)
-        raise ConfigError(f"sample.grid={s.grid!r} does not apply to sample.method={s.method!r}; "
-                          f"the methods with noise-level grids are {with_grid}")
-    if opts.get("grid") in ("", "searched", "tuned"):  # default; searched/tuned: Experiment.samples
+    takes = {}  # option -> the methods that take it
+    for m, entry in samplers.SAMPLERS.items():
+        for k in entry.options:
+            takes.setdefault(k, []).append(m)
+    names = {"solver": tuple(ODE_SOLVERS), "stepping": STEPPING, "variant": VARIANTS,
+             "variance": ("posterior", "forward")}  # ddpm's (`sgm.samplers._ddpm`)
+    opts = {}
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if f.name not in takes or value == f.default:
+            continue
+        if f.name not in spec.options:
+            default = "none" if f.default is None else repr(f.default)
+            raise ConfigError(f"sample.{f.name}={value!r} does not apply to sample.method="
+                              f"{s.method!r}: {f.name} is an option of {', '.join(takes[f.name])} "
+                              f"only; leave it at {default} for {s.method}.")
+        if f.name in names and value not in names[f.name]:
+            raise ConfigError(f"sample.{f.name}={value!r} is invalid: expected one of "
+                              f"{', '.join(names[f.name])}.")
+        opts[f.name] = value
+    if opts.get("grid") in ("searched", "tuned"):  # Experiment.samples finds the levels
         del opts["grid"]
-    steps = None if spec.default_steps is None else s.steps
-    return dict(method=s.method, steps=steps, t_end=s.t_end, **opts)
+    solver = ODE_SOLVERS.get(opts.get("solver", spec.defaults.get("solver")))
+    fixed = spec.default_steps is not None or (solver is not None and not solver.adaptive)
+    return dict(method=s.method, steps=s.steps if fixed else None, t_end=s.t_end, **opts)
 
 
 def likelihood_options(cfg: Config) -> dict:

@@ -104,18 +104,39 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
+    """The sampler and its options. Every option of every method (the names in
+    `sgm.samplers.SAMPLERS[m].options`) is a field here, defaulting to the library's default, or
+    to "" / none where the methods that share the name differ (grid, order: each method's own);
+    s_tmax's none is the library's inf (no bound). `sgm.build.sample_options` passes a method the
+    options it takes that differ from these defaults, and refuses one changed for a method that
+    does not take it."""
+
     method: str = "em"
-    steps: int = 500
+    steps: int = 500  # also the fixed-step ode solvers' (euler, heun, midpoint) steps
     num: int = 2000
     t_end: float | None = None
-    snr: float = 0.16
-    eta: float = 0.0
+    snr: float = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
+    eta: float = 0.0  # ddim: 0 deterministic, 1 the ddpm posterior noise
     guidance: float = 0.0
     seed: int = 1
     quality: bool = False  # labelled images: score the samples offline (sgm.quality)
     grid: str = ""  # few-step samplers' noise levels: "" (the method's own), karras, logsnr, time,
     #                 "searched" on the model's trajectories (sgm.search_grid, kept in the run), or
     #                 "tuned": searched, then fitted to the method by gradient (sgm.tune_grid)
+    corrector_steps: int | None = None  # pc: Langevin steps per step; none: 1 on VE, 0 on VP/SubVP
+    variance: str = "posterior"  # ddpm: "posterior" (Ho et al.'s beta-tilde) or "forward" (beta)
+    solver: str = "tsit5"  # ode: adaptive tsit5, dopri5, dopri8; fixed-step euler, heun, midpoint
+    rtol: float = 1e-5  # ode, adaptive solvers: the PID step control's relative tolerance,
+    atol: float = 1e-5  # ... its absolute tolerance,
+    max_steps: int = 16384  # ... the most steps one solve may take,
+    stepping: str = "batch"  # ... and shared steps for the batch, or "point": each sample its own
+    rho: float = 7.0  # heun, dpm2m, dpm3m, unipc, ipndm: the karras grid's exponent (EDM's 7)
+    order: int | None = None  # unipc 1-3, ipndm 1-4; none: the method's own (unipc 3, ipndm 4)
+    variant: str = "bh2"  # unipc's B(h): "bh1" (h) or "bh2" (1 - e^-h)
+    s_churn: float = 0.0  # heun: EDM's stochastic churn (0: deterministic); with s_churn > 0,
+    s_tmin: float = 0.0  # ... noise is added where s_tmin <= sigma <= s_tmax (sigma = std/scale),
+    s_tmax: float | None = None  # ... none: no upper bound,
+    s_noise: float = 1.0  # ... scaled by s_noise (EDM's S_noise)
 
 
 @dataclass(frozen=True)
@@ -284,6 +305,12 @@ STEP_LIMIT = 10**6
 TOLERANCE_FLOOR = 2.0**-23
 #: the largest classifier-free guidance weight (practical weights are at most about 20)
 GUIDANCE_LIMIT = 100.0
+#: the highest order of each sampler that takes sample.order (`sgm.sigma_solvers.multistep` and
+#: `ipndm` refuse a higher one; tests/test_sample_options.py holds the two together)
+MAX_ORDER = {"unipc": 3, "ipndm": 4}
+#: pc's most Langevin corrector steps per step: each is one more score evaluation per step, and
+#: its bias in the variance (see `sgm.samplers`) adds up rather than averaging out
+CORRECTOR_LIMIT = 100
 
 
 def _expect(cond: bool, where: str, value, expected: str) -> None:
@@ -371,6 +398,27 @@ def validate(config: Config) -> Config:
             f"weights used in practice are at most about 20, far larger ones overflow the "
             f"guided score)")
     _expect(smp.snr > 0, "sample.snr", smp.snr, "a positive number")
+    _expect(smp.corrector_steps is None or 0 <= smp.corrector_steps <= CORRECTOR_LIMIT,
+            "sample.corrector_steps", smp.corrector_steps,
+            f"an integer in [0, {CORRECTOR_LIMIT}], or none (1 on VE, 0 on VP and SubVP)")
+    _expect(smp.rtol >= TOLERANCE_FLOOR, "sample.rtol", smp.rtol,
+            f"a relative tolerance of at least {TOLERANCE_FLOOR:.3g} (float32 resolves nothing "
+            f"finer)")
+    _expect(smp.atol > 0, "sample.atol", smp.atol, "a positive absolute tolerance")
+    _expect(0 < smp.max_steps <= COUNT_LIMIT, "sample.max_steps", smp.max_steps,
+            f"a positive integer of at most {COUNT_LIMIT}")
+    _expect(smp.rho > 0, "sample.rho", smp.rho,
+            "a positive exponent of the karras grid (EDM's is 7)")
+    top = MAX_ORDER.get(smp.method, max(MAX_ORDER.values()))
+    mine = f" for sample.method={smp.method!r}" if smp.method in MAX_ORDER else ""
+    orders = ", ".join(f"{m} 1 to {k}" for m, k in MAX_ORDER.items())
+    _expect(smp.order is None or 1 <= smp.order <= top, "sample.order", smp.order,
+            f"an integer from 1 to {top}{mine} ({orders}), or none: the method's own")
+    _expect(smp.s_churn >= 0, "sample.s_churn", smp.s_churn, "a non-negative number (0: no churn)")
+    _expect(smp.s_noise >= 0, "sample.s_noise", smp.s_noise, "a non-negative number")
+    _expect(smp.s_tmin >= 0, "sample.s_tmin", smp.s_tmin, "a non-negative noise level")
+    _expect(smp.s_tmax is None or smp.s_tmax >= smp.s_tmin, "sample.s_tmax", smp.s_tmax,
+            f"a noise level of at least sample.s_tmin={smp.s_tmin:g}, or none (no upper bound)")
     for f in ("num", "probes", "dequant_samples", "batch"):
         _expect(0 < getattr(lik, f) <= COUNT_LIMIT, f"likelihood.{f}", getattr(lik, f),
                 f"a positive integer of at most {COUNT_LIMIT}")

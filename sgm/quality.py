@@ -19,12 +19,13 @@ else `$SGM_CACHE`, else `~/.cache/sgm`) as one file: a line naming the format, a
 saying what it was trained on, then its weights serialised by Equinox. Nothing is pickled, and a
 file that is damaged or does not match its data is refused with one sentence.
 
+A run's samples are scored by `sgm.run.score_run`, or from the command line (`sgm.quality_cli`):
+
     python -m sgm.quality runs/fashion_mnist_cpu        # scores runs/.../samples.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .errors import ConfigError, DataError, SGMError
+from .errors import ConfigError, DataError
 from .nets.conv import conv2d
 
 #: the classifier's architecture: channels of the conv stages (two 3x3 convolutions each; the
@@ -66,7 +67,7 @@ class Classifier(eqx.Module):
     map pooled to a `grid` x `grid` grid (antialiased resizing; 28 x 28 images already end at
     4 x 4) and flattened, a feature layer (`features`, what the Fréchet distance compares) and a
     linear head. Pooling to a grid rather than to one value per channel keeps where things are
-    in the image: on Fashion-MNIST it learns faster (docs/guide/quality.md).
+    in the image (docs/guide/quality.md compares the two).
     """
 
     convs: list
@@ -533,7 +534,7 @@ def describe(q: dict) -> str:
             f"classifier test accuracy {q['classifier_test_accuracy']:.1%}")
 
 
-# ------------------------------------------------------------------------------------ the command
+# -------------------------------------------------------------------------------- samples files
 
 
 def read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -563,70 +564,16 @@ def read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
     return x, cond
 
 
-def score_run(workdir, *, samples=None, cache_dir=None, progress: bool = True) -> dict:
-    """Scores a run's samples (`samples`, default WORKDIR/samples.npz), writes WORKDIR/quality.json
-    and adds the numbers to WORKDIR/summary.json under "quality"; returns them.
-
-    Everything is read and checked before anything is written (config.json, the samples,
-    summary.json); the work directory's lock is held throughout, as `main.py` holds it. Raises
-    SGMError on bad input.
-    """
-    from . import build, run
-    from .checkpoint import lock_workdir, write_atomic
-
-    workdir = Path(workdir)
-    cfg = build.check(build.run_config(workdir))
-    ds = build.build_dataset(cfg)
-    check_data(ds)
-    x, labels = read_samples(Path(samples) if samples is not None else workdir / "samples.npz")
-    check_samples(x, labels, ds)  # before a classifier is trained for them
-    try:
-        lock = lock_workdir(workdir)
-    except OSError as e:
-        raise DataError(f"cannot lock work directory {workdir}: {e.strerror or e}.") from None
-    with lock:
-        summary = run.load_summary(workdir)  # damaged: one sentence, the file kept as it is
-        clf, info = classifier_for(ds, cache_dir=cache_dir, progress=progress)
-        q = score(clf, x, labels, ds, test_accuracy=info["test_accuracy"])
-        write_atomic(workdir / "quality.json", json.dumps(q, indent=2) + "\n")
-        summary["quality"] = q
-        write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return q
-
-
-def main(argv=None) -> int:
-    """`python -m sgm.quality RUN [--samples FILE] [--cache DIR]`: 0 when done; 2 for bad input
-    or a failed write, with one line on stderr; 130 on Ctrl-C (every file whole)."""
-    p = argparse.ArgumentParser(prog="python -m sgm.quality", description=__doc__.splitlines()[0])
-    p.add_argument("run", help="work directory of a main.py run on labelled images")
-    p.add_argument("--samples", default=None, help="samples file (default RUN/samples.npz)")
-    p.add_argument("--cache", default=None,
-                   help="classifier cache folder (default $SGM_CACHE, else ~/.cache/sgm)")
-    a = p.parse_args(argv)
-    try:
-        q = score_run(a.run, samples=a.samples, cache_dir=a.cache)
-    except SGMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. a full disk while writing the classifier or quality.json
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; every file already written is complete.",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; every file written so far is complete.", file=sys.stderr)
-        return 130
-    for key, value in q.items():
-        print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"-> {Path(a.run) / 'quality.json'}")
-    return 0
-
-
 __all__ = ["Classifier", "accuracy", "apply", "cache_folder", "cache_path", "check_data",
            "check_samples", "classifier_for", "data_hash", "describe", "expected_header",
-           "feature_stats", "frechet_distance", "load_classifier", "main", "new_classifier",
+           "feature_stats", "frechet_distance", "load_classifier", "new_classifier",
            "read_header", "read_samples", "reference_picks", "save_classifier", "score",
-           "score_run", "train_classifier"]
+           "train_classifier"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sgm.quality RUN`: the command reads a run's config, which only the layers above
+    # this module do; it lives in sgm.quality_cli, named here rather than imported, so that this
+    # module imports nothing above it (importing sgm.quality never runs this block)
+    import importlib
+
+    sys.exit(importlib.import_module("sgm.quality_cli").main())

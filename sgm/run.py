@@ -34,7 +34,7 @@ import numpy as np
 
 from . import build, parallel, quality, track, train
 from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError, NumericalError, SGMError
+from .errors import CheckpointError, ConfigError, DataError, NumericalError, SGMError
 from .likelihood import combine_dequantised
 
 MODES = ("train", "sample", "likelihood", "all")
@@ -562,6 +562,36 @@ def write_summary(workdir: Path, summary: dict, *, main_process: bool = True) ->
     """Writes `summary` to summary.json in `workdir` (on process 0)."""
     if main_process:
         ckpt.write_atomic(Path(workdir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def score_run(workdir, *, samples=None, cache_dir=None, progress: bool = True) -> dict:
+    """Scores a run's samples offline (`sgm.quality`): `samples`, default WORKDIR/samples.npz;
+    writes WORKDIR/quality.json and adds the numbers to WORKDIR/summary.json under "quality";
+    returns them. This is `python -m sgm.quality` without its argument parsing.
+
+    Everything is read and checked before anything is written (config.json, the samples,
+    summary.json); the work directory's lock is held throughout, as `command` holds it. Raises
+    SGMError on bad input.
+    """
+    workdir = Path(workdir)
+    cfg = build.check(build.run_config(workdir))
+    ds = build.build_dataset(cfg)
+    quality.check_data(ds)
+    x, labels = quality.read_samples(Path(samples) if samples is not None
+                                     else workdir / "samples.npz")
+    quality.check_samples(x, labels, ds)  # before a classifier is trained for them
+    try:
+        lock = ckpt.lock_workdir(workdir)
+    except OSError as e:
+        raise DataError(f"cannot lock work directory {workdir}: {e.strerror or e}.") from None
+    with lock:
+        summary = load_summary(workdir)  # damaged: one sentence, the file kept as it is
+        clf, info = quality.classifier_for(ds, cache_dir=cache_dir, progress=progress)
+        q = quality.score(clf, x, labels, ds, test_accuracy=info["test_accuracy"])
+        ckpt.write_atomic(workdir / "quality.json", json.dumps(q, indent=2) + "\n")
+        summary["quality"] = q
+        write_summary(workdir, summary)
+    return q
 
 
 # ----------------------------------------------------------------------------------- figures

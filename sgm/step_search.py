@@ -24,8 +24,8 @@ result is a tuple of N noise levels that every few-step sampler takes as its `gr
 every sampler: higher-order steps inherit the levels (as in the paper, which reports it with iPNDM).
 
 `tune_grid` then fits such levels to one sampler by gradient descent on its own error against
-accurate solves, which is what takes iPNDM at 10 evaluations to the exact samples of the 64-D
-Gaussian of `bench/samplers.py` (see `docs/results/samplers.md`).
+accurate solves. What either does for each sampler, SDE and problem is measured in
+`docs/results/samplers.md`.
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         batch: draws per gradient step (default min(32, num)).
         iters: gradient steps (0: `levels` unchanged).
         lr: Adam's learning rate on the softmax logits.
-        reference_steps: levels of the accurate solves (200: at 50 levels iPNDM is already
-            indistinguishable from exact sampling on `bench/samplers.py`'s problems).
+        reference_steps: levels of the accurate solves that give the targets (step 1); at
+            least 2.
         options: further options of `method` (e.g. unipc's order).
 
     Returns:

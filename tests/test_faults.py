@@ -19,7 +19,7 @@ import pytest
 import sgm
 from sgm import checkpoint as ckpt
 from sgm import config as C
-from sgm import build, data, parallel, quality, run, track
+from sgm import build, data, parallel, quality, quality_cli, run, track
 from sgm.conditioning import Conditioning
 from sgm.errors import (CheckpointError, ConfigError, CorruptCheckpointError, DataError,
                         NumericalError, SGMError)
@@ -42,15 +42,20 @@ from sgm.npz import oversized
     (["sample.num=1000000000000"], "sample.num=1000000000000 is invalid"),
 ])
 def test_every_numeric_bound_is_checked_with_the_field_named(sets, match):
-    cfg = C.load_file("configs/eight_gaussians.py")
+    cfg = C.load_file(EIGHT)
     with pytest.raises(ConfigError, match=match):
         C.validate(C.override(cfg, sets))
 
 
 def test_bounds_leave_ordinary_values_alone():
-    cfg = C.load_file("configs/eight_gaussians.py")
-    C.validate(C.override(cfg, ["likelihood.rtol=1e-6", "likelihood.atol=1e-7", "sample.steps=100000",
-                                "train.seed=4294967296"]))
+    """Values inside every bound, the largest ones near it, are accepted and kept as given."""
+    cfg = C.load_file(EIGHT)
+    sets = ["likelihood.rtol=1e-6", "likelihood.atol=1e-7", "sample.steps=100000",
+            "train.seed=4294967296"]
+    cfg = C.override(cfg, sets)
+    assert C.validate(cfg) is cfg
+    assert (cfg.likelihood.rtol, cfg.likelihood.atol, cfg.sample.steps, cfg.train.seed) == (
+        1e-6, 1e-7, 100000, 4294967296)
 
 
 # ------------------------------------------------------------------ appends that survive faults
@@ -526,19 +531,19 @@ def _digits_run(wd):
 def test_quality_names_the_reason_a_samples_file_is_refused(tmp_path, capsys):
     wd = _digits_run(tmp_path / "wd")
     big = _npz_claiming(tmp_path / "big.npz", (10**11, 1, 8, 8), key="samples")
-    assert quality.main([str(wd), "--samples", str(big)]) == 2
+    assert quality_cli.main([str(wd), "--samples", str(big)]) == 2
     err = capsys.readouterr().err
     assert "its array 'samples' claims more bytes than the file holds" in err, err
     assert "(DataError)" not in err and err.count("\n") == 1
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    assert quality.main([str(wd), "--samples", str(tmp_path / "other.npz")]) == 2
+    assert quality_cli.main([str(wd), "--samples", str(tmp_path / "other.npz")]) == 2
     assert "(samples is not a file in the archive)" in capsys.readouterr().err
 
 
 def test_quality_on_a_locked_run_speaks_to_its_own_caller(tmp_path, capsys):
     wd = _digits_run(tmp_path / "wd")
     with ckpt.lock_workdir(wd):
-        assert quality.main([str(wd)]) == 2
+        assert quality_cli.main([str(wd)]) == 2
     err = capsys.readouterr().err
     assert "is in use by process" in err and "--workdir" not in err, err
 

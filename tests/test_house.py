@@ -61,3 +61,86 @@ def test_no_public_name_shadows_a_submodule():
         assert name not in submodules, name
         obj = getattr(sgm, name)
         assert not (hasattr(obj, "__path__") or type(obj).__name__ == "module"), name
+
+
+def _is_main_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":`, whose body runs when the file is a program, never on import."""
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
+            and t.left.id == "__name__" and len(t.comparators) == 1
+            and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value == "__main__")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of sgm (a package by its `__init__`) and the modules of sgm it imports, wherever
+    the import stands: at the top, inside a function (a lazy import), or by name through
+    `importlib.import_module("sgm....")`. `from package import name` imports `package.name` when
+    that is a module, else the package (a name it re-exports). A submodule's own packages, which
+    Python initialises first, and `if __name__ == "__main__":` blocks are left out."""
+    names = {}
+    for path in SGM.rglob("*.py"):
+        parts = path.relative_to(SGM).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        names[".".join(("sgm", *parts))] = path
+    graph = {}
+    for mod, path in names.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        found, todo = set(), [ast.parse(path.read_text(), filename=str(path))]
+        while todo:
+            node = todo.pop()
+            if _is_main_block(node):
+                todo.extend(node.orelse)
+                continue
+            todo.extend(ast.iter_child_nodes(node))
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                for a in node.names:
+                    found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in names else base)
+            elif (isinstance(node, ast.Call) and node.args
+                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                  and ast.unparse(node.func).split(".")[-1] == "import_module"):
+                found.add(node.args[0].value)
+        graph[mod] = {m for m in found if m in names and m != mod and not mod.startswith(m + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle `[a, b, ..., a]` through each back edge a depth-first walk of `graph` meets."""
+    done, path, cycles = set(), [], []
+
+    def visit(u):
+        path.append(u)
+        for v in sorted(graph[u]):
+            if v in path:
+                cycles.append(path[path.index(v):] + [v])
+            elif v not in done:
+                visit(v)
+        path.pop()
+        done.add(u)
+
+    for mod in sorted(graph):
+        if mod not in done:
+            visit(mod)
+    return cycles
+
+
+def test_the_walk_finds_imports_wherever_they_stand():
+    """The graph the next test searches sees lazy imports, re-exports and relative imports."""
+    graph = _import_graph()
+    assert {"sgm.build", "sgm.quality", "sgm.checkpoint", "sgm.plot"} <= graph["sgm.run"]
+    assert "sgm.run" in graph["sgm.quality_cli"] and "sgm.errors" in graph["sgm.config"]
+    assert "sgm.nets.unet" in graph["sgm.nets"]  # a package's re-exports
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """Arrows run one way: no module of sgm imports, even lazily inside a function, a module that
+    imports it back (directly or through others)."""
+    cycles = [" -> ".join(c) for c in _cycles(_import_graph())]
+    assert not cycles, cycles

@@ -1,6 +1,7 @@
 """Denoising score matching: closed-form expectations and unbiased importance sampling of time."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +110,7 @@ def test_heldout_loss_is_the_training_estimator_with_the_closed_form_expectation
 
     from sgm import build, data, evaluate
 
-    cfg = build.load("configs/eight_gaussians.py", [])
+    cfg = build.load(Path(__file__).resolve().parents[1] / "configs" / "eight_gaussians.py", [])
     train_opts, held = build.loss_options(cfg), build.loss_options(cfg, heldout=True)
     assert held == {**train_opts, "dropout": False} and held["importance"]
 

@@ -11,7 +11,7 @@ import equinox as eqx
 import numpy as np
 import pytest
 
-from sgm import build, data, parallel, quality, run
+from sgm import build, data, parallel, quality, quality_cli, run
 from sgm import config as C
 from sgm.conditioning import Conditioning
 from sgm.errors import ConfigError, DataError
@@ -354,7 +354,7 @@ def digits_run(digits_cache, tmp_path, monkeypatch):
 
 def test_the_command_scores_a_run_into_quality_json_and_the_summary(digits_run, capsys):
     (digits_run / "summary.json").write_text(json.dumps({"steps": 7}))
-    assert quality.main([str(digits_run)]) == 0
+    assert quality_cli.main([str(digits_run)]) == 0
     q = json.loads((digits_run / "quality.json").read_text())
     assert q["num_samples"] == 40 and 0 <= q["sample_accuracy"] <= 1
     assert json.loads((digits_run / "summary.json").read_text()) == {"steps": 7, "quality": q}
@@ -364,26 +364,26 @@ def test_the_command_scores_a_run_into_quality_json_and_the_summary(digits_run, 
     # unconditional samples (no cond), from another file: no sample accuracy
     ds = build.build_dataset(build.run_config(digits_run))
     np.savez(digits_run / "other.npz", samples=ds.test[40:80])
-    assert quality.main([str(digits_run), "--samples", str(digits_run / "other.npz")]) == 0
+    assert quality_cli.main([str(digits_run), "--samples", str(digits_run / "other.npz")]) == 0
     q = json.loads((digits_run / "quality.json").read_text())
     assert "sample_accuracy" not in q and q["num_samples"] == 40
 
 
 def test_the_command_refuses_bad_input_with_one_sentence(digits_run, capsys, tmp_path):
     (digits_run / "summary.json").write_text("[1, 2")
-    assert quality.main([str(digits_run)]) == 2
+    assert quality_cli.main([str(digits_run)]) == 2
     assert (digits_run / "summary.json").read_text() == "[1, 2"  # kept as it was
     assert not (digits_run / "quality.json").exists()
     (digits_run / "summary.json").unlink()
-    assert quality.main([str(digits_run), "--samples", str(tmp_path / "absent.npz")]) == 2
+    assert quality_cli.main([str(digits_run), "--samples", str(tmp_path / "absent.npz")]) == 2
     np.savez(tmp_path / "wrong.npz", samples=np.zeros((5, 1, 4, 4), np.uint8))
-    assert quality.main([str(digits_run), "--samples", str(tmp_path / "wrong.npz")]) == 2
-    assert quality.main([str(tmp_path / "nowhere")]) == 2  # no config.json
+    assert quality_cli.main([str(digits_run), "--samples", str(tmp_path / "wrong.npz")]) == 2
+    assert quality_cli.main([str(tmp_path / "nowhere")]) == 2  # no config.json
     with open(digits_run / ".lock", "w") as f:  # a main.py of this run at work
         import fcntl
 
         fcntl.flock(f, fcntl.LOCK_EX)
-        assert quality.main([str(digits_run)]) == 2
+        assert quality_cli.main([str(digits_run)]) == 2
     assert not (digits_run / "quality.json").exists() and not (digits_run / "summary.json").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 5 and all(line.startswith("error: ") for line in err)

@@ -4,6 +4,7 @@ the brute-force minimum, explicit grids are used as given, and on the closed-for
 independent exact sets are (a looser margin than the benchmark's table)."""
 
 import itertools
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -15,6 +16,8 @@ import sgm
 from sgm.data.toy import eight_gaussians_mixture
 from sgm.sigma_solvers import sigma_grid
 from sgm.step_search import cheapest_path
+
+EIGHT = Path(__file__).resolve().parents[1] / "configs" / "eight_gaussians.py"
 
 
 def test_cheapest_path_is_the_brute_force_minimum():
@@ -94,7 +97,7 @@ def _ipndm_experiment(grid):
 
     sets = ["train.steps=2", "model.width=16", "model.depth=1", "sample.method=ipndm",
             "sample.steps=6", f"sample.grid={grid}", "train.batch_size=32"]
-    exp = build.experiment(build.load("configs/eight_gaussians.py", sets))
+    exp = build.experiment(build.load(EIGHT, sets))
     return exp, exp.state.ema
 
 
@@ -128,7 +131,7 @@ def test_a_config_searches_once_and_keeps_the_levels(tmp_path, monkeypatch):
     exp.samples(other, num=8, cache_dir=tmp_path)
     assert calls == [20, 20] and len(list(tmp_path.glob("grid-*.npz"))) == 2
     with pytest.raises(sgm.ConfigError, match="does not apply to sample.method='em'"):
-        build.load("configs/eight_gaussians.py", ["sample.method=em", "sample.grid=searched"])
+        build.load(EIGHT, ["sample.method=em", "sample.grid=searched"])
 
 
 def _std_error(x, gm):

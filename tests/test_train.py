@@ -149,7 +149,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
 
 
 def test_dit_patch_error_is_clear(tmp_path, capsys):
-    code = run.main("configs/digits.py", workdir=tmp_path / "w",
+    code = run.main(ROOT / "configs" / "digits.py", workdir=tmp_path / "w",
                     sets=["model.net=dit", "model.patch=3"])
     assert code == 2 and "patch" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
@@ -199,7 +199,7 @@ def test_checkpoints_are_pruned_and_latest_is_newest(tmp_path):
 @pytest.mark.slow
 def test_image_pipeline_end_to_end_with_unet(tmp_path):
     """digits: conditional UNet with attention and dropout, guidance, Hutchinson bits/dim."""
-    code = run.main("configs/digits.py", workdir=tmp_path / "d", progress=False, sets=[
+    code = run.main(ROOT / "configs" / "digits.py", workdir=tmp_path / "d", progress=False, sets=[
         "train.steps=4", "train.log_every=2", "train.batch_size=16", "model.base=8",
         "model.dropout=0.1", "sample.num=4", "sample.steps=4", "likelihood.num=4",
         "likelihood.batch=4", "likelihood.rtol=1e-2", "likelihood.atol=1e-2", "train.eval_num=8"])

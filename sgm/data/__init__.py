@@ -316,7 +316,7 @@ def load(
 ) -> Dataset:
     """Load or generate dataset `name` (one of `NAMES`), with its validation split set aside.
 
-    Args:
+    Arguments:
         name: moons, eight_gaussians, checkerboard, swiss_roll, circles (2-D toys), digits, grf,
             grf_superres (a GRF given its noisy low-pass observation, `sgm.data.grf_superres`),
             mnist, fashion_mnist, cifar10, flowers, folder (any folder of images) or array (a

@@ -180,7 +180,7 @@ def _levels(raw: dict) -> int | None:
 def load_arrays(path: str | Path | None, *, n_test: int | None = None) -> Arrays:
     """Reads and checks the arrays of `path` (see the module docstring for the keys).
 
-    Args:
+    Arguments:
         path: an `.npz` or `.npy` file.
         n_test: without `x_test` in the file, the number of samples held out (default a tenth,
             at least 1), a fixed subset chosen independently of any seed; with `x_test`, ignored

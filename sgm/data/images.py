@@ -61,7 +61,7 @@ def load_image_folder(
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """Every image under `root`, as uint8 `(N, C, H, W)`, with labels from class subfolders.
 
-    Args:
+    Arguments:
         root: a folder of images, or of class subfolders of images (searched recursively).
         size: resize the shorter side to `size` and centre-crop to size x size; `None` keeps the
             images as they are, which requires them all to have one size.

@@ -81,7 +81,7 @@ def batch_at(
 ):
     """This process's part of the global batch at `step`.
 
-    Args:
+    Arguments:
         arrays: one array or a sequence of arrays (entries may be `None`, passed through) sharing
             their first dimension N.
         batch_size: global batch size, divisible by `process_count`.

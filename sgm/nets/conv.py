@@ -1,12 +1,11 @@
 """`conv2d(layer, x)`: an `eqx.nn.Conv2d` computed channels-last, the layout XLA:CPU loops run fast.
 
 Equinox computes a 2-D convolution channels-first (`NCHW`). XLA:CPU runs that layout slowly inside
-a loop body (jax-ml/jax#12868), and a sampler's steps run in `lax.scan` or a diffrax while loop:
-on a 2-core CPU three 3x3 convolutions of 200 32-channel 14x14 maps took 0.180 s inside a scan
-against 0.026 s outside it, and 0.026 s inside it when computed channels-last (`NHWC`) between two
-transposes (`python bench/loop_eval.py`). `conv2d` is that: the same layer (its weight, bias, stride,
-padding and padding mode, dilation and groups), the same `(c, h, w)` in and out, so modules,
-checkpoints and results are unchanged up to float rounding.
+a loop body (jax-ml/jax#12868), and a sampler's steps run in `lax.scan` or a diffrax while loop.
+`conv2d` computes the same layer (its weight, bias, stride, padding and padding mode, dilation and
+groups) channels-last (`NHWC`) between two transposes, with the same `(c, h, w)` in and out, so
+modules, checkpoints and results are unchanged up to float rounding. The timings, inside a loop
+and outside it, are in docs/results/fashion-mnist.md (`python bench/loop_eval.py`).
 """
 
 from __future__ import annotations
