@@ -286,10 +286,9 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
     evaluated on the validation split (never the test split): its held-out loss and likelihood
     (`eval_loss`, `eval_nll`, `eval_bpd`); the one with the lowest `eval_nll` is kept in
     `workdir`/checkpoints/best (`train.BestCheckpoint`), and with train.patience training stops
-    once that many evaluations have brought no better one. Every record (training with its learning rate,
-    evaluations) goes to `trackers`, those of
-    train.log_to (`open_trackers`), which also get a samples figure at each evaluation when they
-    take figures (TensorBoard, W&B). The training figure shows metrics.jsonl when train.log_to
+    once that many evaluations have brought no better one. Every record (training with its
+    learning rate, evaluations) goes to `trackers`, those of train.log_to (`open_trackers`),
+    which also get a samples figure at each evaluation when they take figures (TensorBoard, W&B). The training figure shows metrics.jsonl when train.log_to
     has it (the commands this one resumes included), else this phase's records.
 
     Returns the trained state and its summary entries: train_seconds (this command's plus

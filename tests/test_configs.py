@@ -23,7 +23,7 @@ from sgm.data import files
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers")  # data names
+FROM_DISK = ("mnist", "fashion_mnist", "cifar10", "flowers", "array")  # data names
 COMPILE_HEAVY = ("mnist", "fashion_mnist", "fashion_mnist_cpu", "cifar10", "flowers", "digits")
 TRAIN_ALL = os.environ.get("SGM_TEST_ALL_CONFIGS") == "1"
 
@@ -45,6 +45,8 @@ def _fake_data(name: str, root: Path, rng) -> None:
             x = rng.integers(0, 256, (2, 3 * 32 * 32), dtype=np.uint8)
             y = rng.integers(0, 10, (2, 1), dtype=np.uint8)
             (root / part).write_bytes(np.concatenate([y, x], 1).tobytes())
+    elif name == "array":  # a small table of points
+        np.savez(root / "table.npz", x=rng.normal(size=(40, 4)).astype(np.float32))
     elif name == "flowers":
         from PIL import Image
 
@@ -66,7 +68,8 @@ def _overrides(name, tmp_path):
     data_name = _data_name(name)
     if data_name in FROM_DISK:
         _fake_data(data_name, tmp_path / "data", np.random.default_rng(0))
-        extra.append(f"data.root={tmp_path / 'data'}")
+        root = tmp_path / "data" / ("table.npz" if data_name == "array" else "")
+        extra.append(f"data.root={root}")
     else:
         extra.append("data.n_train=64")
     return extra

@@ -144,7 +144,9 @@ def test_an_evaluation_that_says_stop_ends_training_with_a_checkpoint(tmp_path):
 def test_best_checkpoint_and_early_stopping_survive_resume(tmp_path):
     """Interrupted and resumed, a run keeps the best checkpoint and stops where an uninterrupted
     one does; the sample and likelihood phases evaluate that checkpoint."""
-    sets = ["train.steps=60", "train.patience=2", "train.ckpt_every=4", "train.log_to=jsonl"]
+    # a constant learning rate after the warm-up: a run to step 12 is the start of a run to 60
+    sets = ["train.steps=60", "train.patience=2", "train.ckpt_every=4", "train.log_to=jsonl",
+            "train.decay=constant"]
 
     def go(wd, *more, mode="train"):
         assert run.main(EIGHT, sets=[*TINY, *sets, *more], workdir=wd, mode=mode,

@@ -157,7 +157,7 @@ def test_checkpoint_of_another_model_is_refused_by_main(tmp_path, capsys):
     assert command(wd, "train.steps=4") == 0
     assert command(wd, "train.steps=4", "model.width=32") == 2
     err = capsys.readouterr().err
-    assert "does not match the configured model" in err and err.count("\n") == 1
+    assert "was trained with model.width=16, not 32" in err and err.count("\n") == 1
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -247,8 +247,8 @@ def test_rejected_config_leaves_a_finished_run_alone(tmp_path, capsys):
     wd = tmp_path / "wd"
     assert command(wd, "train.steps=4") == 0
     files = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
-    for bad in (["train.steps=40", "data.n_train=10"], ["train.batch_size=4096"], ["train.lr=inf"],
-                ["train.seed=-1"]):
+    for bad in (["train.steps=40", "data.n_train=10"], ["train.batch_size=30", "train.grad_accum=4"],
+                ["train.lr=inf"], ["train.seed=-1"], ["data.val_fraction=1.5"]):
         assert command(wd, "train.steps=4", *bad) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
