@@ -7,7 +7,7 @@
     python bench/tabular.py --train          # also trains configs/tabular.py on each table over
                                              # --seeds (default 0 1 2): a table, and JSON in
                                              # bench/results/tabular_train.json
-    python bench/tabular.py --train --set model.width=128 --tag w128   # another recipe
+    python bench/tabular.py --train --set train.lr=3e-4 --tag lr3e-4   # another recipe
 
 The tables are scikit-learn's bundled wine (178 x 13) and breast-cancer (569 x 30) features
 (labels dropped), shuffled with `--seed` and split 80/20 into `x` (training) and `x_test`, stored

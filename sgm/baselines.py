@@ -172,7 +172,13 @@ def paired(model_logp, baseline_logp, *, dim: int) -> dict:
             "baseline_nll_per_dim": float(-b.mean() / dim), "n": int(d.shape[0])}
 
 
-def report(baselines: dict[str, Baseline], x_test, model_logp=None) -> dict:
+def log_probs(baselines: dict[str, Baseline], x) -> dict[str, np.ndarray]:
+    """Every baseline's log-densities (N,) of the rows `x` (N, D), nats per sample, data units."""
+    return {name: b.log_prob(x) for name, b in baselines.items()}
+
+
+def report(baselines: dict[str, Baseline], x_test, model_logp=None, *,
+           logps: dict[str, np.ndarray] | None = None) -> dict:
     """Every baseline's test NLL, its hyperparameters and its paired difference to the model.
 
     Arguments:
@@ -180,6 +186,8 @@ def report(baselines: dict[str, Baseline], x_test, model_logp=None) -> dict:
         x_test: (N, D) finite test rows in data units, N >= 2.
         model_logp: (N,) the model's log-densities of `x_test` in nats per sample (data units),
             or None for the baselines alone.
+        logps: the baselines' log-densities of `x_test` where the caller has them already
+            (`log_probs`); computed here otherwise.
 
     Returns:
         {name: {"nll": mean NLL per sample, "nll_per_dim": the same / D, "nll_stderr": standard
@@ -193,9 +201,10 @@ def report(baselines: dict[str, Baseline], x_test, model_logp=None) -> dict:
         raise DataError(f"x_test has {n} rows: a standard error needs at least 2.")
     if model_logp is not None:
         model_logp = _logp(model_logp, "model_logp", n=n)
+    logps = log_probs(baselines, x_test) if logps is None else logps
     out = {}
     for name, b in baselines.items():
-        logp = b.log_prob(x_test)
+        logp = np.asarray(logps[name], np.float64)
         row = {"nll": float(-logp.mean()), "nll_per_dim": float(-logp.mean() / dim),
                "nll_stderr": float(logp.std(ddof=1) / math.sqrt(n) / dim),
                "hyper": copy.deepcopy(b.hyper)}

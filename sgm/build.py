@@ -506,17 +506,23 @@ class Experiment:
         with ckpt.atomic_open(path, "wb") as f:
             np.savez(f, key=np.asarray(key), **arrays)
 
-    def _not_finite(self, what: str) -> NumericalError:
-        """The error for `what` (a grid search's or tuning's trajectories) not being finite, with
-        its likely cause: guidance when it is on, else the model's score itself."""
-        g = self.cfg.sample.guidance
-        if self.conditioning.guidable and g != 0:
-            return NumericalError(
-                f"{what} are not finite with classifier-free guidance at sample.guidance={g:g}, "
-                f"which weighs the conditional score by {1 + g:g}: lower sample.guidance (0 to "
-                f"about 10 is usual).")
-        return NumericalError(f"{what} are not finite: the model's score returns NaN or inf; use "
-                              f"a checkpoint from before training diverged, or train again.")
+    def likely_cause(self, *, sampled: bool = False, grid: bool = False,
+                     step: int | None = None) -> str:
+        """The likely cause of NaN or inf in what the model gave, and what to do, for a
+        sentence: for sampled results (`sampled`) the guidance weight where it applies, then
+        (with `grid`) the searched or tuned noise levels kept in the work directory, else the
+        model's score (of the checkpoint at `step`)."""
+        s = self.cfg.sample
+        if sampled and self.conditioning.guidable and s.guidance != 0:
+            return (f"classifier-free guidance at sample.guidance={s.guidance:g}, which weighs the "
+                    f"conditional score by {1 + s.guidance:g}: lower sample.guidance (0 to about "
+                    f"10 is usual)")
+        if grid and s.grid in ("searched", "tuned"):
+            return (f"the {s.grid} noise levels kept in the work directory (grid-*.npz): remove "
+                    f"them to search again, or set another sample.grid")
+        model = "the model" if step is None else f"the model of the checkpoint at step {step}"
+        return (f"{model}, whose score returns NaN or inf: use a checkpoint from before training "
+                f"diverged, or train again")
 
     def searched_grid(self, model, *, steps: int, t_end: float | None = None,
                       cache_dir: Path | None = None) -> tuple[float, ...]:
@@ -540,7 +546,8 @@ class Experiment:
                 key=jax.random.fold_in(jax.random.key(s.seed), 7), num=SEARCH_WARMUP, fine=fine,
                 t_end=t_end, cond=self.cond(raw), clip=self.preprocess.clip)
         except NumericalError:
-            raise self._not_finite("the grid search's warm-up trajectories") from None
+            raise NumericalError(f"the grid search's warm-up trajectories are not finite; the "
+                                 f"likely cause is {self.likely_cause(sampled=True)}.") from None
         self._write_grid(cache, key, levels=levels, costs=costs)
         return levels_for(levels, costs, steps)
 
@@ -570,7 +577,8 @@ class Experiment:
                                num=SEARCH_WARMUP, t_end=t_end, cond=self.cond(raw),
                                clip=self.preprocess.clip, options=own)
         except NumericalError:
-            raise self._not_finite(f"the trajectories that tune {method}'s levels") from None
+            raise NumericalError(f"the trajectories that tune {method}'s levels are not finite; "
+                                 f"the likely cause is {self.likely_cause(sampled=True)}.") from None
         self._write_grid(cache, key, levels=np.asarray(levels, np.float64))
         return levels
 
@@ -785,9 +793,15 @@ def load_run(workdir, *, checkpoint: str = "best") -> Experiment:
         raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected 'best' or 'latest'.")
     ckpt_dir = Path(workdir) / "checkpoints"
     exp = experiment(run_config(workdir), ckpt_dir=ckpt_dir, need_checkpoint=True)
-    if checkpoint == "best" and ckpt.latest(ckpt_dir / train.BEST) is not None:
-        exp = resume(exp, ckpt_dir / train.BEST, need_checkpoint=True)
-    return exp
+    return (checkpoint == "best" and resume_best(exp, ckpt_dir)) or exp
+
+
+def resume_best(exp: Experiment, ckpt_dir) -> Experiment | None:
+    """`exp` with the state of the best checkpoint on the validation split
+    (`ckpt_dir`/best, `train.BestCheckpoint`; checked as any checkpoint is), or None where the
+    run kept none."""
+    best = Path(ckpt_dir) / train.BEST
+    return None if ckpt.latest(best) is None else resume(exp, best, need_checkpoint=True)
 
 
 def run_config(workdir) -> Config:

@@ -41,7 +41,6 @@ MODES = ("train", "sample", "likelihood", "all")
 #: the checkpoint the sample and likelihood phases evaluate: the best on the validation split
 #: (`train.BestCheckpoint`, where the run evaluated during training) or the newest
 CHECKPOINTS = ("best", "latest")
-BEST = train.BEST
 #: grid points per axis of the 2-D model-density figure, and the likelihood options of its solves
 #: (the exact trace is cheap in 2-D; rtol 1e-3 takes fewer steps than the default 1e-5: see
 #: docs/results/defaults.md for the measurement)
@@ -164,12 +163,10 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
 
 
 def best_state(exp: build.Experiment, workdir: Path) -> train.TrainState | None:
-    """The state of the run's best checkpoint on the validation split (`workdir`/checkpoints/best,
-    checked as any checkpoint is), or None where there is none."""
-    best = Path(workdir) / "checkpoints" / BEST
-    if ckpt.latest(best) is None:
-        return None
-    return build.resume(exp, best, need_checkpoint=True).state
+    """The state of the run's best checkpoint on the validation split, or None where there is
+    none (`build.resume_best`)."""
+    best = build.resume_best(exp, Path(workdir) / "checkpoints")
+    return None if best is None else best.state
 
 
 def memory_bytes() -> int | None:
@@ -210,20 +207,11 @@ def require_finite(values, what: str, file: str, exp: build.Experiment, *, step:
                    sampled: bool = False) -> None:
     """Raises NumericalError, before `file` is written (an earlier one is left as it is), if
     `values` (an array, or a list of numbers) hold NaN or inf: nothing non-finite is written as a
-    result. The sentence names the likely source: for samples (`sampled`) the guidance weight
-    where it applies, else a searched or tuned noise-level grid; else the model of the
-    checkpoint at `step`."""
+    result. The sentence names the likely source (`Experiment.likely_cause`: for samples,
+    `sampled`, the guidance weight or the kept noise levels; else the checkpoint at `step`)."""
     if np.all(np.isfinite(np.asarray(values, np.float64))):
         return
-    s = exp.cfg.sample
-    if sampled and s.guidance != 0 and exp.conditioning.guidable:
-        cause = f"the guidance weight sample.guidance={s.guidance:g}: try a smaller one"
-    elif sampled and s.grid in ("searched", "tuned"):
-        cause = (f"the {s.grid} noise levels kept in the work directory (grid-*.npz): remove "
-                 f"them to search again, or set another sample.grid")
-    else:
-        model = "the model" if step is None else f"the model of the checkpoint at step {step}"
-        cause = f"{model}: resume from an earlier checkpoint or train again"
+    cause = exp.likely_cause(sampled=sampled, grid=sampled, step=step)
     raise NumericalError(f"the {what} hold NaN or inf, so {file} was not written; the likely "
                          f"cause is {cause}.")
 
@@ -250,7 +238,7 @@ def prepare_workdir(exp: build.Experiment, workdir: Path, *, stack: contextlib.E
             stack.enter_context(ckpt.lock_workdir(workdir))
             ckpt.remove_leftovers(workdir)
             ckpt.remove_leftovers(ckpt_dir)
-            ckpt.remove_leftovers(ckpt_dir / BEST)
+            ckpt.remove_leftovers(ckpt_dir / train.BEST)
             if ckpt.latest(ckpt_dir) != exp.checkpoint:  # another command wrote one meanwhile
                 exp = build.resume(exp, ckpt_dir, need_checkpoint=need_checkpoint)
             ckpt_dir.mkdir(exist_ok=True)  # before any record: its absence then means damage
@@ -312,8 +300,8 @@ def train_phase(exp: build.Experiment, *, mesh, workdir: Path,
 
     metadata = {"config": build.to_dict(cfg),
                 "standardisation": build.standardisation(exp.preprocess)}
-    best = train.BestCheckpoint(workdir / "checkpoints" / BEST, patience=cfg.train.patience,
-                                eval_every=cfg.train.eval_every)
+    best = train.BestCheckpoint(workdir / "checkpoints" / train.BEST,
+                                patience=cfg.train.patience, eval_every=cfg.train.eval_every)
     evaluated = {}
 
     def on_eval(s, step):
@@ -500,8 +488,8 @@ def baseline_report(exp: build.Experiment, logp: np.ndarray) -> tuple[dict, dict
     flat = [np.asarray(a, np.float64).reshape(len(a), -1)
             for a in (exp.ds.train, exp.ds.val, exp.ds.test[: len(logp)])]
     fitted = baselines.fit_baselines(flat[0], flat[1], seed=exp.cfg.data.seed)
-    return (baselines.report(fitted, flat[2], logp),
-            {k: np.asarray(b.log_prob(flat[2]), np.float64) for k, b in fitted.items()})
+    logps = baselines.log_probs(fitted, flat[2])
+    return baselines.report(fitted, flat[2], logp, logps=logps), logps
 
 
 def read_summary(exp: build.Experiment, workdir: Path, earlier: dict | None = None) -> dict:

@@ -26,8 +26,7 @@ def whole(ds):
     if ds.val is None:
         return ds
     n = len(ds.train) + len(ds.val)
-    perm = np.random.default_rng([data._TAG, 3, n]).permutation(n)
-    at_val, at_train = np.sort(perm[: len(ds.val)]), np.sort(perm[len(ds.val):])
+    at_val, at_train = data.validation_rows(n, len(ds.val))
 
     def merge(train, val):
         if train is None:

@@ -409,8 +409,8 @@ def _nan_samples(self, model, **kw):
 
 
 @pytest.mark.parametrize("sets, guidable, cause", [
-    ([], False, r"the model of the checkpoint at step 8: resume from an earlier checkpoint"),
-    (["sample.guidance=5"], True, r"the guidance weight sample.guidance=5: try a smaller one"),
+    ([], False, r"the model of the checkpoint at step 8, whose score returns NaN or inf"),
+    (["sample.guidance=5"], True, r"classifier-free guidance at sample.guidance=5, which weighs"),
     (["sample.method=dpm2m", "sample.steps=4", "sample.grid=tuned"], False,
      r"the tuned noise levels kept in the work directory \(grid-\*.npz\)"),
 ])

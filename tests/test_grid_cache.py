@@ -307,7 +307,7 @@ def test_a_guided_search_or_tuning_that_overflows_names_the_guidance(tmp_path, s
             "model.conditional=true", "model.label_dropout=0.2", "sample.method=dpm2m"]
     exp = build.experiment(build.load(MOONS, sets))
     model, loud = exp.state.ema, _guided(exp, 1e30)
-    with pytest.raises(NumericalError, match=r"search's warm-up trajectories are not finite with "
+    with pytest.raises(NumericalError, match=r"search's warm-up trajectories are not finite; the likely cause is "
                                              r"classifier-free guidance at sample.guidance=1e\+30.*"
                                              r"lower sample.guidance"):
         loud.searched_grid(model, steps=4)
@@ -316,12 +316,12 @@ def test_a_guided_search_or_tuning_that_overflows_names_the_guidance(tmp_path, s
     costs = np.where(np.triu(np.ones((12, 12)), 1) > 0, 1.0, np.inf)
     searching = build.search_costs
     monkeypatch.setattr(build, "search_costs", lambda *a, **k: (levels, costs))
-    with pytest.raises(NumericalError, match=r"tune dpm2m's levels are not finite with "
+    with pytest.raises(NumericalError, match=r"tune dpm2m's levels are not finite; the likely cause is "
                                              r"classifier-free guidance at sample.guidance=1e\+30"):
         loud.tuned_grid(model, method="dpm2m", steps=4)
     broken = jax.tree.map(lambda a: a * np.nan if eqx.is_inexact_array(a) else a, model)
     monkeypatch.setattr(build, "search_costs", searching)
-    with pytest.raises(NumericalError, match="score returns NaN or inf; use a checkpoint"):
+    with pytest.raises(NumericalError, match="score returns NaN or inf: use a checkpoint"):
         _guided(exp, 0.0).searched_grid(broken, steps=4)
 
 

@@ -95,11 +95,15 @@ class Poisoned(np.ndarray):
         raise AssertionError("the test split was read during training")
 
 
-def test_no_metric_during_training_reads_the_test_set(tmp_path):
+def test_no_metric_during_training_reads_the_test_set(tmp_path, monkeypatch):
     exp = tiny()
     test = np.asarray(exp.ds.test).view(Poisoned)
     exp = dataclasses.replace(exp, ds=dataclasses.replace(exp.ds, test=test))
+    asked, split = [], build.Experiment.split
+    monkeypatch.setattr(build.Experiment, "split",
+                        lambda self, name: asked.append(name) or split(self, name))
     state, done = run.train_phase(exp, mesh=parallel.make_mesh(), workdir=tmp_path)
+    assert asked and set(asked) == {"val"}
     assert done["steps"] == 8 and np.isfinite(done["eval_loss"])
     assert done["best_step"] in (4, 8)
 
@@ -162,16 +166,16 @@ def test_best_checkpoint_and_early_stopping_survive_resume(tmp_path):
     nll = {r["step"]: r["eval_nll"] for r in rows_a}
     assert whole["best_step"] == parts["best_step"] == min(nll, key=nll.get)
     assert whole["steps"] == parts["steps"] == max(nll)
-    if whole["stopped_early"]:
-        assert whole["steps"] - whole["best_step"] >= 2 * 4
+    # stopped at the second evaluation without a better NLL, or at train.steps
+    assert whole["steps"] == (whole["best_step"] + 2 * 4 if whole["stopped_early"] else 60)
     a, b = (ckpt.latest(tmp_path / w / "checkpoints" / "best") for w in "ab")
     assert a.name == b.name == f"ckpt_{whole['best_step']:09d}.npz"
     with np.load(a) as fa, np.load(b) as fb:
         assert all(np.array_equal(fa[k], fb[k]) for k in fa.files)
     out = go(tmp_path / "a", mode="likelihood")
     assert out["evaluated_step"] == whole["best_step"]
-    out = run.main(EIGHT, sets=[*TINY, *sets], workdir=tmp_path / "a", mode="likelihood",
-                   progress=False, density_grid=0, checkpoint="latest")
+    assert run.main(EIGHT, sets=[*TINY, *sets], workdir=tmp_path / "a", mode="likelihood",
+                    progress=False, density_grid=0, checkpoint="latest") == 0
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["evaluated_step"] == \
         whole["steps"]
 
@@ -233,9 +237,9 @@ def test_the_likelihood_progress_bar_counts_the_solver_check():
 # -------------------------------------------------------------------------- the tabular recipe
 
 
-def test_tabular_recipe_runs_where_the_batch_is_larger_than_the_table(tmp_path, monkeypatch,
+def test_tabular_recipe_builds_where_the_batch_is_larger_than_the_table(tmp_path, monkeypatch,
                                                                       capsys):
-    """The recipe on a 60-row table: the batch is capped at the training split, the work
+    """The recipe built on a 60-row table (it trains in tests/test_configs.py): the batch is capped at the training split, the work
     directory is named after the file, and the refusal of another data set's run names the field."""
     np.savez(tmp_path / "small.npz", x=np.random.default_rng(0).normal(size=(60, 3)))
     cfg = build.load(TABULAR, [f"data.root={tmp_path / 'small.npz'}"])

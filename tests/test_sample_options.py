@@ -229,7 +229,8 @@ def test_the_configs_highest_orders_are_the_librarys(method):
 def test_ddpms_variances_are_the_librarys():
     kw = dict(key=jax.random.key(0), num=2, method="ddpm", steps=5)
     for name in ("posterior", "forward"):
-        build.sample_options(load("sample.method=ddpm", f"sample.variance={name}"))
+        opts = build.sample_options(load("sample.method=ddpm", f"sample.variance={name}"))
+        assert opts.get("variance") == (None if name == "posterior" else name)  # default: unsent
         jax.eval_shape(lambda: sgm.sample(score, sgm.VPSDE(), (2,), variance=name, **kw)[0])
     with pytest.raises(ConfigError, match="variance"):
         jax.eval_shape(lambda: sgm.sample(score, sgm.VPSDE(), (2,), variance="beta", **kw)[0])

@@ -41,6 +41,7 @@ __all__ = [
     "load",
     "split_validation",
     "toy",
+    "validation_rows",
 ]
 
 #: where Debian's package dataset-fashion-mnist installs the four idx files
@@ -342,11 +343,18 @@ def load(
     return ds if ds.val is not None else split_validation(ds, val_fraction)
 
 
+def validation_rows(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted indices of the `n_val` validation rows among `n` training examples and of the
+    rest: a fixed random subset that depends on n alone (never on a seed, so every run and every
+    seed of a sweep validates on the same examples)."""
+    perm = np.random.default_rng([_TAG, 3, n]).permutation(n)
+    return np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+
 def split_validation(ds: Dataset, fraction: float) -> Dataset:
     """`ds` with round(`fraction` N) (at least one) of its N training examples moved to `val`
-    (and their conditions to `val_cond`): a fixed random subset that depends on N alone (never on a seed,
-    so every run and every seed of a sweep validates on the same examples), the rest kept in
-    their order. Raises ConfigError if either part would be empty."""
+    (and their conditions to `val_cond`): the rows `validation_rows` picks, the rest kept in their
+    order. Raises ConfigError if either part would be empty."""
     n = ds.train.shape[0]
     n_val = max(1, int(round(fraction * n)))
     if not (0 < fraction < 1 and n_val < n):
@@ -354,8 +362,7 @@ def split_validation(ds: Dataset, fraction: float) -> Dataset:
                           f"training examples would give {n_val} for validation and {n - n_val} "
                           f"for training; expected a fraction in (0, 1) that leaves at least one "
                           f"example in each (or an x_val array in the data file).")
-    perm = np.random.default_rng([_TAG, 3, n]).permutation(n)
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    val, train = validation_rows(n, n_val)
 
     def take(a, idx):
         return None if a is None else a[idx]
