@@ -167,9 +167,11 @@ def bench_loop(steps: int, mesh, small: bool) -> dict:
     arrays = (exp.ds.train, exp.ds.train_cond)
     key = jax.random.key(t.seed)
     batches = data.Batches(arrays, t.batch_size, t.seed, start_step=0)
-    state = train.train(step, exp.state, batches, key=key, steps=2, mesh=mesh, log_every=2)  # compile
+    state = train.train(step, exp.state, batches, key=key, steps=2, mesh=mesh,
+                        intervals=train.Intervals(log_every=2))  # compile
     t0 = time.perf_counter()
-    state = train.train(step, state, batches, key=key, steps=2 + steps, mesh=mesh, log_every=steps)
+    state = train.train(step, state, batches, key=key, steps=2 + steps, mesh=mesh,
+                        intervals=train.Intervals(log_every=steps))
     loop = (time.perf_counter() - t0) / steps
     ahead = [parallel.put_batch(next(batches), mesh) for _ in range(steps)]
     jax.block_until_ready(ahead)

@@ -20,12 +20,12 @@ from .sde import (
     VESDE,
     VPSDE,
 )
-from .step_search import search_grid, tune_grid
+from .step_search import Tuning, search_grid, tune_grid
 
 __all__ = [
     "AbstractBetaSDE", "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
     "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LearnedSchedule", "LinearSchedule",
     "NumericalError", "QuadraticSchedule", "SGMError", "ScaledLinearSchedule", "ScoreModel",
-    "SigmoidSchedule", "SubVPSDE", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",
+    "SigmoidSchedule", "SubVPSDE", "Tuning", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",
     "dsm_loss_per_sample", "log_likelihood", "sample", "search_grid", "tune_grid", "tweedie_x0",
 ]

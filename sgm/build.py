@@ -40,7 +40,7 @@ from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .ode_solvers import ODE_SOLVERS, STEPPING
 from .sigma_solvers import GRIDS, VARIANTS
-from .step_search import levels_for, search_costs, tune_grid
+from .step_search import Tuning, levels_for, search_costs, tune_grid
 from .sde import (
     CosineSchedule,
     LearnedSchedule,
@@ -324,9 +324,11 @@ class Experiment:
         """The networks' conditioning keywords for raw conditions (labels/parameters) or None."""
         return self.conditioning(None if raw is None else jnp.asarray(raw))
 
-    def train(self, state, *, mesh, **hooks) -> train.TrainState:
-        """Trains `state` to `train.steps` (hooks: ckpt_dir, on_log, on_eval, progress, metadata)
-        with the batch split over `mesh` (`experiment(..., mesh=mesh)` checks that it splits)."""
+    def train(self, state, *, mesh, ckpt_dir=None, metadata: dict | None = None,
+              **hooks) -> train.TrainState:
+        """Trains `state` to `train.steps` with the batch split over `mesh` (`experiment(...,
+        mesh=mesh)` checks that it splits), checkpoints into `ckpt_dir` with `metadata`, and
+        `hooks` (on_log, on_eval, progress: `train.Hooks`)."""
         t = self.cfg.train
         loss = functools.partial(_loss, options=loss_options(self.cfg))
         step = train.make_step(loss, self.optimizer, self.preprocess, ema=t.ema,
@@ -335,9 +337,10 @@ class Experiment:
         arrays = (self.ds.train, self.ds.train_cond) if conditional else self.ds.train
         batches = data.Batches(arrays, t.batch_size, t.seed, start_step=int(state.step),
                                process_index=jax.process_index(), process_count=jax.process_count())
-        return train.train(step, state, batches, key=jax.random.key(t.seed), steps=t.steps, mesh=mesh,
-                           log_every=t.log_every, ckpt_every=t.ckpt_every, eval_every=t.eval_every,
-                           keep_checkpoints=t.keep_checkpoints, on_nan=t.on_nan, **hooks)
+        intervals = train.Intervals(t.log_every, t.ckpt_every, t.eval_every, t.keep_checkpoints)
+        return train.train(step, state, batches, key=jax.random.key(t.seed), steps=t.steps,
+                           mesh=mesh, intervals=intervals, nan=train.NanPolicy(t.on_nan),
+                           hooks=train.Hooks(**hooks), ckpt_dir=ckpt_dir, metadata=metadata)
 
     def split(self, name: str):
         """The raw points and conditions of split `name`: "val" (what training-time metrics,
@@ -574,7 +577,7 @@ class Experiment:
         try:
             levels = tune_grid(self.sampling_score(model), model.sde, self.ds.shape, start,
                                key=jax.random.fold_in(jax.random.key(s.seed), 8), method=method,
-                               num=SEARCH_WARMUP, t_end=t_end, cond=self.cond(raw),
+                               tuning=Tuning(num=SEARCH_WARMUP), t_end=t_end, cond=self.cond(raw),
                                clip=self.preprocess.clip, options=own)
         except NumericalError:
             raise NumericalError(f"the trajectories that tune {method}'s levels are not finite; "

@@ -6,11 +6,12 @@
 
 Every method is one `Sampler` entry of `SAMPLERS`, and every implementation takes one signature,
 
-    fn(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path, **options)
-        -> (x0, info)
+    fn(bscore, sde, x1, key, run, **options) -> (x0, info)
 
 with `bscore(t, x)` the score on a batch x (num, ...) at one time t, `x1` the prior draw at t1,
-`progress(done, total)` a hook traced code may call, and `options` the method's own keywords (their
+`run` the settings every method takes (`SamplerSettings`: steps, t_end, denoise, clip, the
+`progress(done, total)` hook traced code may call, return_path), and `options` the method's own
+keywords (their
 names and defaults are read off `fn`'s signature). The entry declares the rest:
 
     method  default_steps  nfe(steps)                denoises    order
@@ -80,11 +81,13 @@ from .ode_solvers import (STEPPING, check_count, check_number, check_solved, che
                           failure, largest_point_rms, ode_solver)
 from .parallel import constrain
 from .score import tweedie_x0
+from .sampler_settings import SamplerSettings
 from .sigma_solvers import dpm_solver_2m, dpm_solver_3m, edm_heun, ipndm, unipc
 from .sde import AbstractBetaSDE, AbstractSDE
 
 ODE_FIXED_STEPS = 100  # steps of a fixed-step ODE solver when `steps` is not given
-COMMON = ("steps", "t_end", "denoise", "clip", "progress", "return_path")
+#: the arguments every implementation takes before its options: fn(bscore, sde, x1, key, run, ...)
+COMMON = ("bscore", "sde", "x1", "key", "run")
 
 
 class BatchedScore(eqx.Module):
@@ -165,8 +168,9 @@ def _finish(bscore, sde, t, x, denoise, clip):
     return x if clip is None else jnp.clip(x, *clip)
 
 
-def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path):
+def _em(bscore, sde, x1, key, run: SamplerSettings):
     """Euler-Maruyama on the reverse-time SDE from t1 to t_end (`steps` uniform steps)."""
+    steps, t_end, denoise, clip, progress, return_path = run
     span = sde.t1 - t_end
 
     # Reverse time tau = t1 - t so that diffrax integrates forwards: dx = -(f - g^2 s) dtau + g dW.
@@ -193,7 +197,7 @@ def _em(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     return x, info
 
 
-def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def _ode(bscore, sde, x1, key, run: SamplerSettings, *,
          solver="tsit5", rtol=1e-5, atol=1e-5, max_steps=16384, stepping="batch"):
     """The probability-flow ODE from t1 to t_end: adaptive (PID) or `steps` fixed steps.
 
@@ -202,6 +206,7 @@ def _ode(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_
     (`sgm.ode_solvers.largest_point_rms`); "point" gives every sample its own solve (vmapped, so
     the batch still runs to its slowest sample, at that sample's steps for every sample).
     """
+    steps, t_end, denoise, clip, progress, return_path = run
     make, adaptive, per_step = ode_solver(solver)
     check_tolerances(rtol, atol, max_steps, "the ode sampler")
     if stepping not in STEPPING:
@@ -276,7 +281,7 @@ def pc_corrector_steps(sde: AbstractSDE, corrector_steps: int | None) -> int:
     return 0 if isinstance(sde, AbstractBetaSDE) else 1
 
 
-def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def _pc(bscore, sde, x1, key, run: SamplerSettings, *,
         snr=0.16, corrector_steps=None):
     """Euler-Maruyama predictor with `corrector_steps` Langevin corrector steps per step.
 
@@ -290,6 +295,7 @@ def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     learned score gains more from the Langevin steps than the bias costs; with the exact score
     it only costs. See `docs/results/defaults.md` for the measurements behind this default.
     """
+    steps, t_end, denoise, clip, progress, return_path = run
     corrector_steps = pc_corrector_steps(sde, corrector_steps)
     check_number("pc's snr", snr, positive=True)
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -330,13 +336,14 @@ def _pc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_p
     return x, info
 
 
-def _discrete(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_path, update):
+def _discrete(bscore, sde, x1, key, run: SamplerSettings, update):
     """The chain t1 = t_N > ... > t_1 = t_end > t_0 = 0 shared by ddpm and ddim.
 
     Each step predicts x_0 by Tweedie's formula (clipped to `clip`) and hands it to
     `update(x, x0, a, s, a_prev, s_prev, t_prev, z)`, z ~ N(0, I); the step to t_0 = 0 (a = 1,
     s = 0) lands on the x_0 prediction at t_end.
     """
+    steps, t_end, denoise, clip, progress, return_path = run
     ts = jnp.concatenate([jnp.linspace(sde.t1, t_end, steps), jnp.zeros(1)])
 
     def body(x, inp):
@@ -359,7 +366,7 @@ def _discrete(bscore, sde, x1, key, *, steps, t_end, clip, progress, return_path
     return x, info
 
 
-def _ddpm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def _ddpm(bscore, sde, x1, key, run: SamplerSettings, *,
           variance="posterior"):
     """Ancestral sampling: x_{i-1} ~ q(x_{i-1} | x_i, x_0-hat) with the posterior variance
     v s_{i-1}^2 / s_i^2 ("posterior", Ho et al.'s sigma^2 = beta-tilde) or v ("forward", beta)."""
@@ -373,11 +380,10 @@ def _ddpm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
         var = v * s_p**2 / s**2 if variance == "posterior" else jnp.where(t_prev > 0, v, 0.0)
         return mean + jnp.sqrt(var) * z
 
-    return _discrete(bscore, sde, x1, key, steps=steps, t_end=t_end, clip=clip, progress=progress,
-                     return_path=return_path, update=update)
+    return _discrete(bscore, sde, x1, key, run, update)
 
 
-def _ddim(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path, eta=0.0):
+def _ddim(bscore, sde, x1, key, run: SamplerSettings, *, eta=0.0):
     """DDIM: x_{i-1} = a_{i-1} x_0-hat + sqrt(s_{i-1}^2 - c^2) eps-hat + c z with
     c^2 = eta^2 v s_{i-1}^2 / s_i^2 (eta = 0 deterministic, eta = 1 the ddpm posterior noise)."""
     check_number("ddim's eta", eta)
@@ -391,16 +397,15 @@ def _ddim(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
         c2 = eta**2 * (v * s_p**2 / s**2)
         return a_p * x0 + jnp.sqrt(jnp.maximum(s_p**2 - c2, 0.0)) * eps + jnp.sqrt(c2) * z
 
-    return _discrete(bscore, sde, x1, key, steps=steps, t_end=t_end, clip=clip, progress=progress,
-                     return_path=return_path, update=update)
+    return _discrete(bscore, sde, x1, key, run, update)
 
 
 class Sampler(eqx.Module):
     """One entry of the sampler registry: an implementation and what it declares about itself.
 
     Arguments:
-        fn: `fn(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
-            **options) -> (x0, info)`; its own keyword-only arguments are its options.
+        fn: `fn(bscore, sde, x1, key, run, **options) -> (x0, info)`, `run` the common
+            `SamplerSettings`; its own keyword-only arguments are its options.
         default_steps: steps when `sample` is given none (None: adaptive, the ODE).
         count: `count(steps, denoise, *, sde, **options) -> int | None`, the score evaluations
             per sample (None where the method measures them itself: the adaptive ODE); `sde` may
@@ -422,13 +427,12 @@ class Sampler(eqx.Module):
 
     def __init__(self, fn, *, default_steps, count, denoises, order, ends_on_x0=False):
         params = inspect.signature(fn).parameters
-        missing = [n for n in COMMON if n not in params]
-        if missing:
-            raise TypeError(f"sampler {fn.__name__} lacks the common arguments {missing}")
+        if tuple(params)[:len(COMMON)] != COMMON:
+            raise TypeError(f"sampler {fn.__name__} must take {', '.join(COMMON)} first, then "
+                            f"its options as keywords")
         self.fn, self.default_steps, self.count = fn, default_steps, count
         self.denoises, self.ends_on_x0, self.order = denoises, ends_on_x0, order
-        self.options = tuple(n for n, p in params.items()
-                             if p.kind is p.KEYWORD_ONLY and n not in COMMON)
+        self.options = tuple(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY)
 
     @property
     def defaults(self) -> dict:
@@ -481,8 +485,8 @@ def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding
     k_prior, k_run = jax.random.split(key)
     x1 = sde.prior_sample(k_prior, (num, *shape))
     x1, cond = constrain((x1, cond), sharding)  # split the batch; jit partitions everything after
-    x, info = entry.fn(BatchedScore(score, cond), sde, x1, k_run, **settings,
-                       progress=progress_hook(progress), **options)
+    run = SamplerSettings(**settings, progress=progress_hook(progress))
+    x, info = entry.fn(BatchedScore(score, cond), sde, x1, k_run, run, **options)
     nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], sde=sde, **options)
     return x, {"nfe": nfe, **info}  # a measured count (adaptive ODE) replaces the declared None
 

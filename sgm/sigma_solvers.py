@@ -44,6 +44,7 @@ import numpy as np
 from .errors import ConfigError
 from .ode_solvers import check_number
 from .score import tweedie_x0
+from .sampler_settings import SamplerSettings
 from .sde import AbstractSDE
 
 GRIDS = ("karras", "logsnr", "time")
@@ -104,7 +105,7 @@ def _path(x1, path, x, sde, sig, t_end):
     return jnp.concatenate([x1[None], path, x[None]]), jnp.concatenate([ts, jnp.zeros(1)])
 
 
-def edm_heun(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def edm_heun(bscore, sde, x1, key, run: SamplerSettings, *,
              grid="karras", rho=7.0, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0):
     """Heun's method on dy/dsigma = (y - D) / sigma, last step Euler (Karras et al. 2022, Alg. 1-2).
 
@@ -120,6 +121,7 @@ def edm_heun(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, ret
     ignored (the last step is the denoising step).
     Returns `(x0, info)`, info holding the path when `return_path`.
     """
+    steps, t_end, _, clip, progress, return_path = run
     for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
         check_number(f"heun's {name}", value)
     if not s_noise >= 0 or not s_churn >= 0:
@@ -160,7 +162,7 @@ def edm_heun(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, ret
     return x, info
 
 
-def dpm_solver_2m(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def dpm_solver_2m(bscore, sde, x1, key, run: SamplerSettings, *,
                   grid="logsnr", rho=7.0):
     """DPM-Solver++(2M): second-order multistep exponential integrator in data prediction.
 
@@ -183,12 +185,11 @@ def dpm_solver_2m(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress
 
     Returns `(x0, info)`, info holding the path when `return_path`.
     """
-    return multistep(bscore, sde, x1, steps=steps, t_end=t_end, clip=clip, progress=progress,
-                     return_path=return_path, grid=grid, rho=rho, order=2, corrector=False,
+    return multistep(bscore, sde, x1, run, grid=grid, rho=rho, order=2, corrector=False,
                      variant="bh2", lower_final=False)
 
 
-def dpm_solver_3m(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def dpm_solver_3m(bscore, sde, x1, key, run: SamplerSettings, *,
                   grid="logsnr", rho=7.0):
     """DPM-Solver++(3M): the third-order multistep predictor of `multistep`, without corrector.
 
@@ -203,12 +204,11 @@ def dpm_solver_3m(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress
 
     Lu et al., "DPM-Solver++" (2022), Sec. 4 and Appendix B (the multistep solvers).
     """
-    return multistep(bscore, sde, x1, steps=steps, t_end=t_end, clip=clip, progress=progress,
-                     return_path=return_path, grid=grid, rho=rho, order=3, corrector=False,
+    return multistep(bscore, sde, x1, run, grid=grid, rho=rho, order=3, corrector=False,
                      variant="bh2", lower_final=True)
 
 
-def unipc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def unipc(bscore, sde, x1, key, run: SamplerSettings, *,
           grid="logsnr", rho=7.0, order=3, variant="bh2"):
     """UniPC: the multistep predictor UniP-`order` with the corrector UniC, in data prediction.
 
@@ -230,8 +230,7 @@ def unipc(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
     Zhao, Bai, Rao, Zhou & Lu, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
     of Diffusion Models" (NeurIPS 2023), Sec. 3 (UniC, UniP) and Appendix (data prediction, B(h)).
     """
-    return multistep(bscore, sde, x1, steps=steps, t_end=t_end, clip=clip, progress=progress,
-                     return_path=return_path, grid=grid, rho=rho, order=order, corrector=True,
+    return multistep(bscore, sde, x1, run, grid=grid, rho=rho, order=order, corrector=True,
                      variant=variant, lower_final=True)
 
 
@@ -242,7 +241,7 @@ AB_WEIGHTS = np.array([[1.0, 0.0, 0.0, 0.0],
                        [55.0, -59.0, 37.0, -9.0]]) / np.array([1.0, 2.0, 12.0, 24.0])[:, None]
 
 
-def ipndm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return_path,
+def ipndm(bscore, sde, x1, key, run: SamplerSettings, *,
           grid="logsnr", rho=7.0, order=4):
     """iPNDM: Adams-Bashforth steps on dy/dsigma = (y - D) / sigma with the past derivatives.
 
@@ -262,6 +261,7 @@ def ipndm(bscore, sde, x1, key, *, steps, t_end, denoise, clip, progress, return
     the improved PNDM; Liu, Ren, Lin & Zhao, "Pseudo Numerical Methods for Diffusion Models on
     Manifolds" (ICLR 2022).
     """
+    steps, t_end, _, clip, progress, return_path = run
     if order not in (1, 2, 3, 4):
         raise ConfigError(f"ipndm's order must be 1, 2, 3 or 4, got {order!r}")
     sig = sigma_grid(sde, t_end, steps, grid, rho)
@@ -359,8 +359,8 @@ def multistep_orders(transitions: int, order: int, lower_final: bool) -> np.ndar
     return k
 
 
-def multistep(bscore, sde, x1, *, steps, t_end, clip, progress, return_path, grid, rho, order,
-              corrector, variant, lower_final):
+def multistep(bscore, sde, x1, run: SamplerSettings, *, grid, rho, order, corrector, variant,
+              lower_final):
     """Exponential multistep predictor (and corrector) on dy/dlambda = D - y: dpm2m, dpm3m, unipc.
 
     Transition i goes from lambda_i to lambda_{i+1} = lambda_i + h over the N levels of
@@ -372,6 +372,7 @@ def multistep(bscore, sde, x1, *, steps, t_end, clip, progress, return_path, gri
     evaluation, at sigma_{N-1} = sigma(t_end), is the answer x_0 (no correction after it), so
     NFE = N. `multistep_orders` gives the order of each transition.
     """
+    steps, t_end, _, clip, progress, return_path = run
     if order not in (1, 2, 3):
         raise ConfigError(f"the multistep order must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:

@@ -30,6 +30,7 @@ accurate solves. What either does for each sampler, SDE and problem is measured 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ import numpy as np
 import optax
 
 from .errors import ConfigError, NumericalError
+from .sampler_settings import SamplerSettings
 from .samplers import SAMPLERS, BatchedScore
 from .sde import AbstractSDE
 from .sigma_solvers import AB_WEIGHTS, _denoiser, ipndm, sigma_grid
@@ -166,10 +168,32 @@ def levels_for(levels: np.ndarray, costs: np.ndarray, steps: int) -> tuple[float
 # ----------------------------------------------------------------- levels tuned by gradient descent
 
 
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """How `tune_grid` fits the levels: `num` draws solved accurately on `reference_steps` log-SNR
+    levels (at least 2), then `iters` Adam steps (learning rate `lr`) on `batch` of them each
+    (default min(32, num)). Checked when made: a ConfigError names what is out of range."""
+
+    num: int = 256
+    batch: int | None = None
+    iters: int = 100
+    lr: float = 0.05
+    reference_steps: int = 200
+
+    def __post_init__(self):
+        batch = min(32, self.num) if self.batch is None else self.batch
+        if self.num < 1 or not 1 <= batch <= self.num or self.iters < 0 or not self.lr > 0 \
+                or self.reference_steps < 2:
+            raise ConfigError(f"tune_grid needs num >= 1, 1 <= batch <= num, iters >= 0, lr > 0 "
+                              f"and reference_steps >= 2, got num={self.num}, batch={batch}, "
+                              f"iters={self.iters}, lr={self.lr}, "
+                              f"reference_steps={self.reference_steps}")
+        object.__setattr__(self, "batch", batch)
+
+
 def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels, *, key,
-              method: str = "ipndm", num: int = 256, batch: int | None = None, iters: int = 100,
-              lr: float = 0.05, t_end: float | None = None, cond: dict | None = None,
-              clip: tuple[float, float] | None = None, reference_steps: int = 200,
+              method: str = "ipndm", tuning: Tuning = Tuning(), t_end: float | None = None,
+              cond: dict | None = None, clip: tuple[float, float] | None = None,
               options: dict | None = None) -> tuple[float, ...]:
     """`levels` moved to where `method` itself lands closest to the exact probability-flow map.
 
@@ -198,12 +222,10 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         levels: the starting levels, sigma(t1) first and sigma(t_end) last (e.g. `search_grid`'s
             or `sigma_solvers.sigma_grid`'s); their number is the sampler's `steps`.
         method: a sampler with a `grid` option: "heun", "dpm2m", "dpm3m", "unipc" or "ipndm".
-        num: draws whose exact endpoints the levels are fitted to.
-        batch: draws per gradient step (default min(32, num)).
-        iters: gradient steps (0: `levels` unchanged).
-        lr: Adam's learning rate on the softmax logits.
-        reference_steps: levels of the accurate solves that give the targets (step 1); at
-            least 2.
+        tuning: `Tuning`: `num` draws whose exact endpoints the levels are fitted to, `batch`
+            draws per gradient step, `iters` gradient steps (0: `levels` unchanged), Adam's
+            learning rate `lr` on the softmax logits, and the `reference_steps` levels of the
+            accurate solves that give the targets (step 1).
         options: further options of `method` (e.g. unipc's order).
 
     Returns:
@@ -220,11 +242,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
             or not np.all(np.diff(start) < 0):
         raise ConfigError(f"tune_grid needs at least 2 decreasing positive levels, got "
                           f"{tuple(np.round(start, 6).tolist())}")
-    batch = min(32, num) if batch is None else batch
-    if num < 1 or not 1 <= batch <= num or iters < 0 or not lr > 0 or reference_steps < 2:
-        raise ConfigError(f"tune_grid needs num >= 1, 1 <= batch <= num, iters >= 0, lr > 0 and "
-                          f"reference_steps >= 2, got num={num}, batch={batch}, iters={iters}, "
-                          f"lr={lr}, reference_steps={reference_steps}")
+    num, batch, iters, lr, reference_steps = dataclasses.astuple(tuning)
     if start.size == 2 or iters == 0:
         return tuple(float(s) for s in start)
     t_end = sde.sampling_t0 if t_end is None else t_end
@@ -236,9 +254,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
 
     @eqx.filter_jit
     def targets(score, x1, cond):
-        x, _ = ipndm(BatchedScore(score, cond or None), sde, x1, None, steps=reference_steps,
-                     t_end=t_end, denoise=True, clip=clip, progress=lambda *_: None,
-                     return_path=False, grid="logsnr")
+        run = SamplerSettings(reference_steps, t_end, True, clip, lambda *_: None, False)
+        x, _ = ipndm(BatchedScore(score, cond or None), sde, x1, None, run, grid="logsnr")
         return x
 
     ref = targets(score, x1, cond)
@@ -254,9 +271,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     def distance(logits, score, x1, ref, cond):
         remat = jax.checkpoint(lambda t, x, c: score(t, x, **c))
         bscore = BatchedScore(lambda t, x, **c: remat(t, x, c), cond or None)
-        x, _ = entry.fn(bscore, sde, x1, k_run, steps=start.size, t_end=t_end, denoise=True,
-                        clip=clip, progress=lambda *_: None, return_path=False,
-                        **{**options, "grid": levels_of(logits)})
+        run = SamplerSettings(start.size, t_end, True, clip, lambda *_: None, False)
+        x, _ = entry.fn(bscore, sde, x1, k_run, run, **{**options, "grid": levels_of(logits)})
         return jnp.mean((x - ref) ** 2)
 
     opt = optax.adam(lr)

@@ -14,6 +14,7 @@ on the devices while step k runs; it waits for the devices only when it logs, ev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -31,7 +32,7 @@ import optax
 from . import checkpoint as ckpt
 from . import parallel
 from .data import Preprocess
-from .errors import NumericalError
+from .errors import ConfigError, NumericalError
 from .conditioning import Conditioning
 
 # optax >= 0.2.5 names it optax.tree.norm; older releases only have global_norm
@@ -220,11 +221,57 @@ class Interrupted(Exception):
     """Training stopped by SIGINT/SIGTERM after saving a checkpoint."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Intervals:
+    """How often the training loop logs, checkpoints and evaluates, in steps (0: only at the end
+    for checkpoints; never for evaluations), and how many checkpoints it keeps."""
+
+    log_every: int = 100
+    ckpt_every: int = 0
+    eval_every: int = 0
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        for name in ("log_every", "keep_checkpoints"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("ckpt_every", "eval_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ConfigError(f"{name} must be a non-negative integer, got "
+                                  f"{getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NanPolicy:
+    """What a step whose loss or update is NaN/inf does: "stop" raises NumericalError at the first
+    one; "skip" skips such steps, until more than `max_skipped` of a run's steps (and more than
+    4) were skipped."""
+
+    on_nan: str = "stop"
+    max_skipped: float = 0.1
+
+    def __post_init__(self):
+        if self.on_nan not in ("stop", "skip"):
+            raise ConfigError(f"on_nan={self.on_nan!r} is invalid: expected 'stop' or 'skip'.")
+        if not 0 <= self.max_skipped <= 1:
+            raise ConfigError(f"max_skipped={self.max_skipped!r} is invalid: expected a fraction "
+                              f"in [0, 1].")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the training loop reports to: `on_log(record)` at each log step, `on_eval(state,
+    step)` at each evaluation (a returned dict with `"stop": True` ends training there, early
+    stopping, with a checkpoint of that step), and a tqdm bar with `progress`."""
+
+    on_log: Callable[[dict], None] | None = None
+    on_eval: Callable[[TrainState, int], dict | None] | None = None
+    progress: bool = False
+
+
 def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps: int, mesh,
-          log_every: int = 100, ckpt_every: int = 0, eval_every: int = 0, keep_checkpoints: int = 2,
-          on_nan: str = "stop", max_skipped: float = 0.1, ckpt_dir=None, on_log: Callable[[dict], None] | None = None,
-          on_eval: Callable[[TrainState, int], dict] | None = None, progress: bool = False,
-          metadata: dict | None = None) -> TrainState:
+          intervals: Intervals = Intervals(), nan: NanPolicy = NanPolicy(), hooks: Hooks = Hooks(),
+          ckpt_dir=None, metadata: dict | None = None) -> TrainState:
     """Runs steps `state.step .. steps` of `step_fn`, checkpointing and evaluating on schedule.
 
     Arguments:
@@ -235,20 +282,18 @@ def train(step_fn: Callable, state: TrainState, batches: Iterator, *, key, steps
         key: the run's key; step k uses `fold_in(key, k)`.
         steps: the last step.
         mesh: device mesh whose data axis splits each batch.
-        log_every, ckpt_every, eval_every: schedules in steps (0: only at the end / never).
-        keep_checkpoints: how many checkpoints to keep in `ckpt_dir`.
-        on_nan: "stop" (raise NumericalError at the first non-finite step) or "skip".
-        max_skipped: with "skip", the fraction of this run's steps that may be skipped; beyond it
-            (and beyond 4 steps) training stops with a NumericalError.
-        on_log, on_eval: hooks called with each log record / with (state, step) at eval steps;
-            an evaluation that returns a dict with `"stop": True` ends training there (early
-            stopping), with a checkpoint of that step.
-        progress: show a tqdm bar.
+        intervals: when to log, checkpoint (into `ckpt_dir`) and evaluate (`Intervals`).
+        nan: what a non-finite step does (`NanPolicy`).
+        hooks: the log and evaluation hooks and the progress bar (`Hooks`).
+        ckpt_dir: where checkpoints go (None: nowhere).
         metadata: stored in every checkpoint's manifest.
 
     Only process 0 writes checkpoints; every process runs every step. Each step donates the state
     it is given; the loop starts from a copy, so the caller's `state` stays valid.
     """
+    log_every, ckpt_every, eval_every, keep_checkpoints = dataclasses.astuple(intervals)
+    on_nan, max_skipped = nan.on_nan, nan.max_skipped
+    on_log, on_eval, progress = hooks.on_log, hooks.on_eval, hooks.progress
     state = _copy(parallel.put_replicated(state, mesh))
     start = int(parallel.gather(state.step))
     bar = None

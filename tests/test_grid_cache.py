@@ -39,7 +39,8 @@ def small_search(monkeypatch):
 
     def tuning(*args, **kwargs):
         calls.append(("tune", kwargs["method"], len(args[3]), kwargs["options"]))
-        return tune(*args, **{**kwargs, "iters": 5, "reference_steps": 20})
+        quick = dataclasses.replace(kwargs["tuning"], iters=5, reference_steps=20)
+        return tune(*args, **{**kwargs, "tuning": quick})
 
     monkeypatch.setattr(build, "search_costs", searching)
     monkeypatch.setattr(build, "tune_grid", tuning)

@@ -3,6 +3,7 @@ the brute-force minimum, explicit grids are used as given, and on the closed-for
 `bench/samplers.py` iPNDM at 10 evaluations on searched levels is as close to exact samples as
 independent exact sets are (a looser margin than the benchmark's table)."""
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -180,9 +181,9 @@ def test_tuning_fits_the_conditional_score_and_is_refused_what_it_cannot_tune():
     num = 32
     shift = jax.random.normal(jax.random.key(5), (num, gm.dim))
     start = tuple(float(s) for s in sigma_grid(sde, sde.sampling_t0, 6, "logsnr"))
-    tuned = sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0), num=num,
-                          batch=16, iters=30, cond={"shift": shift}, clip=(-8.0, 8.0),
-                          reference_steps=100)
+    tuned = sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0),
+                          tuning=sgm.Tuning(num=num, batch=16, iters=30, reference_steps=100),
+                          cond={"shift": shift}, clip=(-8.0, 8.0))
     assert tuned != start and (tuned[0], tuned[-1]) == (start[0], start[-1])
 
     def distance(levels):
@@ -193,17 +194,17 @@ def test_tuning_fits_the_conditional_score_and_is_refused_what_it_cannot_tune():
         return float(jnp.mean((x - ref) ** 2))
 
     assert distance(tuned) < distance(start)
-    assert sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0), num=num, iters=0,
-                         cond={"shift": shift}) == start
-    heun = sgm.tune_grid(score, sde, (gm.dim,), start[:4], key=jax.random.key(0), num=8,
-                         iters=3, method="heun", cond={"shift": shift[:8]}, options={"s_churn": 1.0})
+    assert sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0),
+                         tuning=sgm.Tuning(num=num, iters=0), cond={"shift": shift}) == start
+    heun = sgm.tune_grid(score, sde, (gm.dim,), start[:4], key=jax.random.key(0),
+                         tuning=sgm.Tuning(num=8, iters=3), method="heun", cond={"shift": shift[:8]}, options={"s_churn": 1.0})
     assert len(heun) == 4 and all(a > b for a, b in itertools.pairwise(heun))
     with pytest.raises(sgm.ConfigError, match="tunes the levels of a sampler with a grid"):
         sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0), method="em")
     with pytest.raises(sgm.ConfigError, match="at least 2 decreasing positive levels"):
         sgm.tune_grid(score, sde, (gm.dim,), start[::-1], key=jax.random.key(0))
     with pytest.raises(sgm.ConfigError, match="1 <= batch <= num"):
-        sgm.tune_grid(score, sde, (gm.dim,), start, key=jax.random.key(0), num=8, batch=16)
+        sgm.Tuning(num=8, batch=16)
 
 
 @pytest.mark.slow
@@ -218,7 +219,8 @@ def test_a_config_tunes_once_per_step_count_and_keeps_the_levels(tmp_path, monke
 
     def counting(*args, **kwargs):
         calls.append((kwargs["method"], len(args[3])))
-        return real(*args, **{**kwargs, "iters": 5, "reference_steps": 20})
+        quick = dataclasses.replace(kwargs["tuning"], iters=5, reference_steps=20)
+        return real(*args, **{**kwargs, "tuning": quick})
 
     monkeypatch.setattr(build, "tune_grid", counting)
     monkeypatch.setattr(build, "SEARCH_WARMUP", 16)
