@@ -52,7 +52,8 @@ def main():
     lik = dataclasses.replace(lik, exact=args.exact or lik.exact)
 
     t0 = time.perf_counter()
-    out = exp.heldout_likelihood(state.ema, num=args.num, dequant_samples=args.k, exact=lik.exact,
+    deq = dataclasses.replace(build.dequantisation(exp.cfg), samples=args.k)
+    out = exp.heldout_likelihood(state.ema, num=args.num, dequantisation=deq, exact=lik.exact,
                                  batch=min(lik.batch, args.num), return_draws=True)
     seconds = time.perf_counter() - t0
     draws = out["draws"]  # (K, num) log-likelihoods in data units (the bound's constant included)

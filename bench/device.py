@@ -146,7 +146,8 @@ def bench_likelihood(size: dict, dtype: str, mesh) -> dict:
     model = make_model(size, "unet", dtype, key=jax.random.key(0))
     n = size["lik_batch"] * mesh.devices.size
     x = jax.random.normal(jax.random.key(3), (n, 3, size["image"], size["image"]))
-    kw = {"exact": False, "rtol": 1e-5, "atol": 1e-5, "sharding": parallel.batch_sharding(mesh)}
+    kw = {"exact": False, "rtol": 1e-5, "atol": 1e-5,
+          "control": sgm.StepControl(sharding=parallel.batch_sharding(mesh))}
     first, run, (_, info) = _first_and_again(
         lambda k: sgm.log_likelihood(model, model.sde, x, key=jax.random.key(4 + k), **kw))
     return {"row": "likelihood hutchinson", "dtype": dtype, "compile_s": first - run,

@@ -82,7 +82,7 @@ def fig_sde_paths(out: Path, key, num: int = 2000, steps: int = 500) -> Path:
                                         exact_logp_1d(gm, sde, ts[-1]))
     for i, (name, sde) in enumerate(SDES.items()):
         _, info = sgm.sample(gm.score(sde), sde, (1,), key=keys[2 * i + 1], num=num, method="em",
-                             steps=steps, return_path=True)
+                             steps=steps, settings=sgm.SamplerSettings(return_path=True))
         ts = info["path_t"]
         paths[f"{name} reverse (em)"] = (ts, info["path"])
         marginals[f"{name} reverse (em)"] = (exact_logp_1d(gm, sde, ts[0]),

@@ -209,9 +209,10 @@ def errors(logp, truth, dim: int) -> dict:
             "err_signed": float(np.mean(e)), "err_sem": float(np.std(e) / math.sqrt(e.size))}
 
 
-def sgm_call(score, sde, x, *, exact, rtol, atol, key=None, **options):
+def sgm_call(score, sde, x, *, exact, rtol, atol, key=None, **control):
+    """One likelihood solve to time; `control` are fields of `sgm.StepControl` (solver, ...)."""
     return lambda: sgm.log_likelihood(score, sde, x, key=key, exact=exact, rtol=rtol, atol=atol,
-                                      **options)
+                                      control=sgm.StepControl(**control))
 
 
 #: the engine before the shared-step default: each point its own Tsit5 solve, no rescaling

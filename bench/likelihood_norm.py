@@ -78,10 +78,11 @@ def batch_of(name: str, gm, n: int) -> jax.Array:
 
 
 def run(gm, sde, x, options) -> dict:
+    """`options`: fields of `sgm.StepControl` (one of `MODES`)."""
     score = gm.score(sde)
 
     def call():
-        logp, info = sgm.log_likelihood(score, sde, x, **options)
+        logp, info = sgm.log_likelihood(score, sde, x, control=sgm.StepControl(**options))
         return jax.block_until_ready(logp), info
 
     call()  # compile
@@ -93,8 +94,8 @@ def run(gm, sde, x, options) -> dict:
     prior_term = jax.vmap(sde.prior_logp)(z) - jax.vmap(lambda zi: gm.log_prob(zi, sde, sde.t1))(z)
     err = np.abs(np.asarray(logp - true - prior_term, np.float64))
     dim = x.shape[1]
-    own, _ = sgm.log_likelihood(score, sde, x[-1:], **{**options, "rtol": 1e-7, "atol": 1e-7,
-                                                        "max_steps": 65536})
+    own, _ = sgm.log_likelihood(score, sde, x[-1:], rtol=1e-7, atol=1e-7,
+                                control=sgm.StepControl(**{**options, "max_steps": 65536}))
     return {"mean_err": float(err[:-1].mean() / dim), "max_err": float(err[:-1].max() / dim),
             "far_err_nats": float(err[-1]), "far_vs_own_nats": float(abs(logp[-1] - own[0])),
             "nfe": int(info["nfe"]), "seconds": seconds}

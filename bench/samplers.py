@@ -5,11 +5,14 @@
     python bench/samplers.py --quick     # NFE 5 and 20 only, 4000 samples
     python bench/samplers.py --sde ve    # VE or SubVP instead of VP
 
-Three problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
+Five problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
 
 - "8gauss":  eight Gaussians on a circle in 2-D (`sgm.data.toy.eight_gaussians_mixture`);
 - "gauss64": a 64-D Gaussian, means evenly spaced in [-1, 1], stds log-spaced in [0.1, 2];
-- "mix8":    three Gaussians in 8-D with unequal stds (0.1, 0.4, 1; weights 0.5, 0.3, 0.2).
+- "mix8":    three Gaussians in 8-D with unequal stds (0.1, 0.4, 1; weights 0.5, 0.3, 0.2);
+- "mix2u", "mix8u": three well-separated Gaussians of unequal widths (stds 0.5, 0.35, 0.25;
+  weights 0.5, 0.3, 0.2) in 2-D (means (-2, -1), (2, -1), (0, 2)) and in 8-D (means 1.5 times
+  standard normal draws, 6 or more stds apart).
 
 Every sampler runs from the same key (deterministic samplers share one prior draw). The few-step
 methods (ddim, heun, dpm2m, dpm3m, unipc, ipndm) run at the step counts that give NFE ~ 5, 10, 20, 50
@@ -22,10 +25,16 @@ Tsit5 with a Tweedie step at the end, swept over rtol = atol. Metrics on n sampl
 - sw:   sliced Wasserstein-2 distance to n exact samples, sqrt(mean over L random unit directions of
         the mean squared difference of the sorted projections), same directions for every row;
 - mean: RMS over dimensions of (sample mean - true mean) / true std;
-- std:  RMS over dimensions of sample std / true std - 1.
+- std:  RMS over dimensions of sample std / true std - 1;
+- w:    the largest error of the mixture weights, each sample shared among the components by its
+        true posterior probabilities (`sgm.analytic.mixture_report`);
+- spr:  the largest relative error of a component's spread (its samples' RMS standardised
+        distance from its mean: 3% too wide is 0.03);
+- xent: the cross-entropy gap E_samples[-log p] - H(p) in nats (0 for exact draws, positive for
+        samples too wide or misplaced), with its standard error; H(p) from 10^6 exact draws.
 
-"floor" rows are the same metrics for independent exact sets of n samples (mean over 20 sets,
-and their 95th percentile): a sampler cannot be told apart from exact sampling below them. Target: with at most 10 score
+"floor" rows are the same metrics for independent exact sets of n samples (mean over 30 sets,
+and their 95th percentile; |xent| for the gap): a sampler cannot be told apart from exact sampling below them. Target: with at most 10 score
 evaluations on VP and 20 on SubVP and VE, each few-step method is no worse than em with 1000 steps
 (per metric: "yes" if at or below em's value, "exact" if within the 95th percentile of the
 exact sets (indistinguishable from exact sampling), "noise" if above em's by less than the floor,
@@ -51,6 +60,7 @@ import numpy as np
 
 import sgm
 import sgm.step_search
+from sgm.analytic import mixture_entropy, mixture_report
 from sgm.data.toy import eight_gaussians_mixture
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers.json"
@@ -67,7 +77,8 @@ QUICK_TARGETS = (5, 20)
 OLD_PC = {"snr": 0.16, "corrector_steps": 1}  # pc's default before per-SDE correctors
 RTOLS = (1e-1, 1e-2, 1e-3, 1e-4)
 QUICK_RTOLS = (1e-2,)
-FLOOR_SETS = 20
+FLOOR_SETS = 30
+MIX = ("w", "spr", "xent")  # the mixture yardstick's columns
 
 
 def problems():
@@ -80,6 +91,12 @@ def problems():
         "mix8": sgm.GaussianMixture(np.array([0.5, 0.3, 0.2]),
                                     np.random.default_rng(0).normal(size=(3, 8)) * 1.5,
                                     np.array([0.1, 0.4, 1.0])),
+        "mix2u": sgm.GaussianMixture(np.array([0.5, 0.3, 0.2]),
+                                     np.array([[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]]),
+                                     np.array([0.5, 0.35, 0.25])),
+        "mix8u": sgm.GaussianMixture(np.array([0.5, 0.3, 0.2]),
+                                     np.random.default_rng(0).normal(size=(3, 8)) * 1.5,
+                                     np.array([0.5, 0.35, 0.25])),
     }
 
 
@@ -97,12 +114,15 @@ def sliced_w2(x, y, dirs):
     return float(jnp.sqrt(jnp.mean((px - py) ** 2)))
 
 
-def metrics(x, exact, dirs, mean, std):
+def metrics(x, exact, dirs, mean, std, gm, entropy):
+    mix = mixture_report(gm, x, entropy=entropy)
+    out = {"w": mix["weight_error"], "spr": mix["spread_error"], "xent": mix["xent_gap"],
+           "xent_se": mix["xent_se"], "spreads": mix["spreads"]}
     if not bool(jnp.all(jnp.isfinite(x))):
-        return {"sw": math.inf, "mean": math.inf, "std": math.inf}
+        return {"sw": math.inf, "mean": math.inf, "std": math.inf, **out}
     return {"sw": sliced_w2(x, exact, dirs),
             "mean": float(jnp.sqrt(jnp.mean(((x.mean(0) - mean) / std) ** 2))),
-            "std": float(jnp.sqrt(jnp.mean((x.std(0) / std - 1.0) ** 2)))}
+            "std": float(jnp.sqrt(jnp.mean((x.std(0) / std - 1.0) ** 2))), **out}
 
 
 def ladder(method, targets):
@@ -139,12 +159,14 @@ def run_problem(name, gm, sde, n, runs, n_dirs, log):
     dirs = dirs / jnp.linalg.norm(dirs, axis=0)
     mean, std = true_moments(gm)
     score = gm.score(sde)
-    floors = [metrics(gm.sample(k, n), exact, dirs, mean, std)
+    entropy = mixture_entropy(gm, key=jax.random.key(5))
+    floors = [metrics(gm.sample(k, n), exact, dirs, mean, std, gm, entropy)
               for k in jax.random.split(k_floor, FLOOR_SETS)]
+    names = ("sw", "mean", "std", *MIX)
     rows = [dict(problem=name, method="floor", label="floor", steps=None, nfe=0,
-                 **{m: float(np.mean([f[m] for f in floors])) for m in floors[0]},
-                 **{f"{m}_p95": float(np.percentile([f[m] for f in floors], 95))
-                    for m in floors[0]})]
+                 **{m: float(np.mean([abs(f[m]) for f in floors])) for m in names},
+                 **{f"{m}_p95": float(np.percentile([abs(f[m]) for f in floors], 95))
+                    for m in names})]
     searched = None  # (candidate levels, jump costs) of sgm.step_search, once per problem
     for label, method, steps, opts in runs:
         opts = dict(opts)
@@ -164,11 +186,13 @@ def run_problem(name, gm, sde, n, runs, n_dirs, log):
                 search["tune_s"] = time.perf_counter() - t0
             opts["grid"] = levels
         t0 = time.perf_counter()
+        own = {k: v for k, v in opts.items() if k != "denoise"}
         x, info = sgm.sample(score, sde, (dim,), key=jax.random.key(0), num=n, method=method,
-                             steps=steps, **opts)
+                             steps=steps, settings=sgm.SamplerSettings(denoise=opts.get("denoise")),
+                             **own)
         x = jax.block_until_ready(x)
         row = dict(problem=name, method=method, label=label, steps=steps, nfe=int(info["nfe"]),
-                   options=opts, **metrics(x, exact, dirs, mean, std),
+                   options=opts, **metrics(x, exact, dirs, mean, std, gm, entropy),
                    wall_s=time.perf_counter() - t0, **search)
         if method == "ode":
             row["rtol"] = opts["rtol"]
@@ -212,18 +236,44 @@ def target_check(rows, limit=20):
     return out
 
 
+def floor_check(rows, limit=10):
+    """The mixture yardstick at NFE <= `limit`: each method's weights, spreads and cross-entropy
+    gap (its size) against the larger of em-1000's and the exact sets' 95th percentile."""
+    out = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == problem]
+        floor = next(r for r in mine if r["method"] == "floor")
+        em = next((r for r in mine if r["method"] == "em" and r["steps"] == 1000), None)
+        for label in dict.fromkeys(r["label"] for r in mine):
+            few = [r for r in mine if r["label"] == label and 0 < r["nfe"] <= limit]
+            if not few or label in ("em", "pc", "pc-old"):
+                continue
+            r = max(few, key=lambda r: r["nfe"])
+            bound = {m: max(floor[f"{m}_p95"], abs(em[m]) if em else 0.0) for m in MIX}
+            ok = {m: abs(r[m]) <= bound[m] for m in MIX}
+            out.append(dict(problem=problem, method=label, nfe=r["nfe"], limit=limit,
+                            **{m: r[m] for m in MIX}, bound=bound, at_floor=ok,
+                            met=all(ok.values())))
+    return out
+
+
 def print_table(rows):
     for problem in dict.fromkeys(r["problem"] for r in rows):
         print(f"\n{problem}")
-        print(f"  {'method':<11}{'steps':>7}{'nfe':>6}{'sw':>10}{'mean':>10}{'std':>10}"
-              f"{'wall s':>8}")
+        print(f"  {'method':<11}{'steps':>7}{'nfe':>6}{'sw':>9}{'mean':>9}{'std':>9}{'w':>8}"
+              f"{'spr':>8}{'xent':>17}{'wall s':>8}")
         for r in rows:
             if r["problem"] != problem:
                 continue
             steps = f"{r['rtol']:.0e}" if r["method"] == "ode" else (r["steps"] or "-")
             wall = f"{r['wall_s']:8.1f}" if "wall_s" in r else " " * 8
-            print(f"  {r['label']:<11}{steps:>7}{r['nfe']:>6}{r['sw']:>10.4f}{r['mean']:>10.4f}"
-                  f"{r['std']:>10.4f}{wall}")
+            se = f"+-{r['xent_se']:.4f}" if "xent_se" in r else " " * 8
+            print(f"  {r['label']:<11}{steps:>7}{r['nfe']:>6}{r['sw']:>9.4f}{r['mean']:>9.4f}"
+                  f"{r['std']:>9.4f}{r['w']:>8.4f}{r['spr']:>8.4f}{r['xent']:>+9.4f}{se}{wall}")
+            if r["method"] == "floor":
+                print(f"  {'floor p95':<24}" + "".join(
+                    f"{r[m + '_p95']:>{w}.4f}" for m, w in (("sw", 9), ("mean", 9), ("std", 9),
+                                                             ("w", 8), ("spr", 8), ("xent", 9))))
 
 
 def markdown(rows, metric="sw", targets=TARGETS):
@@ -260,7 +310,7 @@ def markdown(rows, metric="sw", targets=TARGETS):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", choices=("sw", "mean", "std"), default=None,
+    p.add_argument("--table", choices=("sw", "mean", "std", *MIX), default=None,
                    help="only print a markdown table of this metric from the saved JSON")
     p.add_argument("--quick", action="store_true", help="fewer NFE levels, smaller sample sets")
     p.add_argument("--full", action="store_true", help="em, pc, ddpm and ode over all NFE too")
@@ -310,6 +360,14 @@ def main():
         else:
             print(f"  {c['problem']:<8}{c['method']:<11} nfe={c['nfe']:<4} std {c['std']:.4f} = "
                   f"{c['ratio']:.2f} x floor {c['floor_std']:.4f} -> {met}")
+    yard = floor_check(rows, 10) + floor_check(rows, 5)
+    print("\nmixture yardstick at NFE <= 10 and <= 5: w, spr, |xent| within max(em-1000, exact "
+          "sets' 95th percentile)")
+    for c in yard:
+        v = " ".join(f"{m} {abs(c[m]):.4f}/{c['bound'][m]:.4f}{'' if c['at_floor'][m] else '!'}"
+                     for m in MIX)
+        print(f"  {c['problem']:<8}{c['method']:<13} nfe={c['nfe']:<3} {v} -> "
+              f"{'at floor' if c['met'] else 'above'}")
     print(f"total {total:.0f} s")
 
     meta = {"quick": args.quick, "full": args.full, "targets": targets, "sde": args.sde, "n": n,
@@ -318,7 +376,7 @@ def main():
             "machine": platform.processor() or platform.machine(), "load_avg": os.getloadavg(),
             "total_s": total}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "target": check}, indent=1))
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "target": check, "yardstick": yard}, indent=1))
     print(f"wrote {args.out}")
 
 

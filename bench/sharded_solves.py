@@ -44,7 +44,7 @@ def worker(devices: int, batch: int, dim: int) -> dict:
     x = 0.5 + 0.7 * jax.random.normal(jax.random.key(200 + dim), (batch, dim))
     calls = {
         "likelihood": lambda: sgm.log_likelihood(net, sde, x, key=jax.random.key(7), exact=False,
-                                                 sharding=sharding),
+                                                 control=sgm.StepControl(sharding=sharding)),
         "ode": lambda: sgm.sample(net, sde, (dim,), key=jax.random.key(3), num=batch, method="ode",
                                   sharding=sharding),
         "dpm2m-20": lambda: sgm.sample(net, sde, (dim,), key=jax.random.key(3), num=batch,

@@ -2,8 +2,9 @@
 
 from .analytic import GaussianMixture
 from .errors import CheckpointError, ConfigError, DataError, NumericalError, SGMError
-from .likelihood import bits_per_dim, log_likelihood
+from .likelihood import Exact, Hutchinson, StepControl, bits_per_dim, log_likelihood
 from .loss import ImportanceTimeSampler, dsm_loss, dsm_loss_per_sample
+from .sampler_settings import SamplerSettings
 from .samplers import sample
 from .score import GuidedScore, ScoreModel, tweedie_x0
 from .sde import (
@@ -23,9 +24,11 @@ from .sde import (
 from .step_search import Tuning, search_grid, tune_grid
 
 __all__ = [
-    "AbstractBetaSDE", "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError", "CosineSchedule",
-    "DataError", "GaussianMixture", "GuidedScore", "ImportanceTimeSampler", "LearnedSchedule", "LinearSchedule",
-    "NumericalError", "QuadraticSchedule", "SGMError", "ScaledLinearSchedule", "ScoreModel",
-    "SigmoidSchedule", "SubVPSDE", "Tuning", "VESDE", "VPSDE", "bits_per_dim", "dsm_loss",
-    "dsm_loss_per_sample", "log_likelihood", "sample", "search_grid", "tune_grid", "tweedie_x0",
+    "AbstractBetaSDE", "AbstractSDE", "AbstractSchedule", "CheckpointError", "ConfigError",
+    "CosineSchedule", "DataError", "Exact", "GaussianMixture", "GuidedScore", "Hutchinson",
+    "ImportanceTimeSampler", "LearnedSchedule", "LinearSchedule", "NumericalError",
+    "QuadraticSchedule", "SGMError", "SamplerSettings", "ScaledLinearSchedule", "ScoreModel",
+    "SigmoidSchedule", "StepControl", "SubVPSDE", "Tuning", "VESDE", "VPSDE", "bits_per_dim",
+    "dsm_loss", "dsm_loss_per_sample", "log_likelihood", "sample", "search_grid", "tune_grid",
+    "tweedie_x0",
 ]

@@ -5,7 +5,8 @@ Besides `main.py` this is the only module that reads a `Config`. It holds one re
 score parameterisations come from the modules that implement them), checks every name against its
 registry before anything is built or written (`check`), and turns the config's sections into the
 objects the library takes: SDE, network, score model, preprocessing, optimizer, dataset, batches,
-and the keyword arguments of `sgm.sample`, `sgm.log_likelihood` and the loss. `load` reads a
+and the keyword arguments of `sgm.sample`, `sgm.log_likelihood` and the loss, with the option
+objects they take (`SamplerSettings`, `StepControl`, `evaluate.Dequantisation`). `load` reads a
 config file with its overrides and checks it; `experiment` does the whole build, including the
 resume sequence (init, then the latest checkpoint, refused if it was written for another model);
 `resume` re-reads the latest checkpoint alone; `load_run` gives a finished run back from its work
@@ -33,12 +34,13 @@ from . import config as C
 from . import data, evaluate, likelihood, parallel, quality, samplers, track, train
 from .config import Config
 from .errors import CheckpointError, ConfigError, CorruptCheckpointError, NumericalError
-from .likelihood import DEQUANT_BOUNDS
+from .likelihood import DEQUANT_BOUNDS, StepControl
 from .loss import REDUCTIONS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from .conditioning import Conditioning
 from .nets import DiT, MLP, UNet
 from .score import DTYPES, PREDICTIONS, GuidedScore, ScoreModel
 from .ode_solvers import ODE_SOLVERS, STEPPING
+from .sampler_settings import SamplerSettings
 from .sigma_solvers import GRIDS, VARIANTS
 from .step_search import Tuning, levels_for, search_costs, tune_grid
 from .sde import (
@@ -248,9 +250,10 @@ def objective(cfg: Config) -> str:
 
 
 def sample_options(cfg: Config) -> dict:
-    """Keywords of `sgm.sample`: method, steps, t_end and the method's own options that the config
-    changed from their `SampleConfig` defaults (the library's own defaults, or "" / none where
-    each method has its own: grid, order, s_tmax), so an unchanged option is the library's.
+    """Keywords of `sgm.sample`: method, steps, `settings` (a `SamplerSettings` with the config's
+    t_end) and the method's own options that the config changed from their `SampleConfig`
+    defaults (the library's own defaults, or "" / none where each method has its own: grid,
+    order, s_tmax), so an unchanged option is the library's.
 
     An option changed for a method that does not take it (`SAMPLERS[method].options`) is a
     ConfigError naming the option, the method and the methods that take it: one config may carry
@@ -286,16 +289,33 @@ def sample_options(cfg: Config) -> dict:
         del opts["grid"]
     solver = ODE_SOLVERS.get(opts.get("solver", spec.defaults.get("solver")))
     fixed = spec.default_steps is not None or (solver is not None and not solver.adaptive)
-    return dict(method=s.method, steps=s.steps if fixed else None, t_end=s.t_end, **opts)
+    return dict(method=s.method, steps=s.steps if fixed else None,
+                settings=SamplerSettings(t_end=s.t_end), **opts)
+
+
+def likelihood_control(cfg: Config) -> StepControl:
+    """How the likelihood's ODE is solved (`sgm.StepControl`): likelihood.solver, clock,
+    stepping and error_norm; the rest at the library's defaults."""
+    lc = cfg.likelihood
+    return StepControl(solver=lc.solver, clock=lc.clock, stepping=lc.stepping,
+                       error_norm=lc.error_norm)
+
+
+def dequantisation(cfg: Config) -> evaluate.Dequantisation:
+    """How discrete test data is dequantised (`evaluate.Dequantisation`): likelihood.dequant (the
+    density q), dequant_samples (K draws per point) and dequant_bound (their reduction)."""
+    lc = cfg.likelihood
+    return evaluate.Dequantisation(kind=lc.dequant, samples=lc.dequant_samples,
+                                   bound=lc.dequant_bound)
 
 
 def likelihood_options(cfg: Config) -> dict:
-    """Keywords of `evaluate.heldout_likelihood` (and through it `sgm.log_likelihood`)."""
+    """Keywords of `evaluate.heldout_likelihood` (and through it `sgm.log_likelihood`): exact,
+    rtol, atol, probes and batch as the config gives them, `dequantisation` and `control` built
+    from the other fields (`dequantisation`, `likelihood_control`)."""
     lc = cfg.likelihood
     return dict(exact=lc.exact, rtol=lc.rtol, atol=lc.atol, probes=lc.probes, batch=lc.batch,
-                dequant_samples=lc.dequant_samples, dequant_bound=lc.dequant_bound,
-                dequant=lc.dequant,
-                solver=lc.solver, stepping=lc.stepping, error_norm=lc.error_norm, clock=lc.clock)
+                dequantisation=dequantisation(cfg), control=likelihood_control(cfg))
 
 
 # ------------------------------------------------------------------------------------ experiment
@@ -373,7 +393,9 @@ class Experiment:
         `gap_stderr` (the standard error of the per-point differences; None for one point); with
         `solver_check` (default likelihood.solver_check; 0: none) the solver's error bar on that
         fraction of the points, but at least min(num, `SOLVER_CHECK_MIN`) of them
-        (`evaluate.solver_error`)."""
+        (`evaluate.solver_error`). `overrides` are `evaluate.heldout_likelihood`'s keywords
+        (exact, rtol, dequantisation, control, progress, return_draws, ...) in place of the
+        config's (`likelihood_options`)."""
         lc = self.cfg.likelihood
         xs, raws = self.split(split)
         num = min(lc.num if num is None else num, xs.shape[0])
@@ -383,7 +405,7 @@ class Experiment:
         frac = lc.solver_check if solver_check is None else solver_check
         m = 0 if frac <= 0 else min(num, max(math.ceil(frac * num), SOLVER_CHECK_MIN))
         progress = opts.pop("progress", None)
-        draws = opts["dequant_samples"] if self.ds.levels else 1  # solves per point
+        draws = opts["dequantisation"].samples if self.ds.levels else 1  # solves per point
         if progress is not None:  # one count over the test points and the error bar's solves
             opts["progress"] = lambda done, _: progress(done, draws * (num + 2 * m))
         exact = self.ds.log_prob is not None
@@ -402,7 +424,7 @@ class Experiment:
         out["nll_per_dim"] = out["nll"] / self.ds.dim
         out["split"] = split
         if m > 0:  # a subsample again at a tenth of the tolerances: the solver's error bar
-            check = {k: v for k, v in opts.items() if k not in ("progress", "progress_meter")}
+            check = {k: v for k, v in opts.items() if k != "progress"}  # (solver_error: no meter)
             if progress is not None:
                 check["progress"] = lambda done, _: progress(draws * num + done,
                                                              draws * (num + 2 * m))
@@ -413,11 +435,13 @@ class Experiment:
 
     def log_density(self, model, x, *, mesh=None, batch: int = 512, **overrides) -> np.ndarray:
         """log p(x) in data units at raw points `x` (N, ...) under an unconditional model's
-        probability-flow ODE: the config's likelihood settings but for `overrides` (exact, rtol,
-        progress, ...), in equal solves of at most `batch` points (one compilation)."""
+        probability-flow ODE: the config's likelihood settings but for `overrides`
+        (`evaluate.heldout_likelihood`'s keywords: exact, rtol, control, progress, ...), in equal
+        solves of at most `batch` points (one compilation)."""
         n = len(x)
         batch = -(-n // -(-n // batch))
-        opts = {**likelihood_options(self.cfg), "batch": batch, "dequant_samples": 1, **overrides}
+        one = dataclasses.replace(dequantisation(self.cfg), samples=1)  # one draw per point
+        opts = {**likelihood_options(self.cfg), "batch": batch, "dequantisation": one, **overrides}
         out = evaluate.heldout_likelihood(model, self.preprocess, np.asarray(x), {}, mesh=mesh,
                                           key=jax.random.key(self.cfg.likelihood.seed),
                                           return_draws=True, **opts)
@@ -595,25 +619,30 @@ class Experiment:
         chunks (e.g. to stop on a signal). With `sample.grid="searched"` the levels come from
         `searched_grid`, with "tuned" from `tuned_grid` (kept in `cache_dir` when given), which
         is given the method's own options alone: `overrides` such as progress= or return_path=
-        only steer the sampler."""
+        only steer the sampler. `overrides` are `sgm.sample`'s keywords (method, steps, settings,
+        the method's options) or fields of its `SamplerSettings` (t_end, denoise, progress,
+        return_path), each in place of the config's."""
         s = self.cfg.sample
         num = s.num if num is None else num
         ndev = 1 if mesh is None else mesh.devices.size
         total = num + -num % ndev
         raw = self.sample_conditions(total)
         score = self.sampling_score(model)
+        shared = {k: overrides.pop(k) for k in SamplerSettings._fields
+                  if k != "steps" and k in overrides}
         opts = {**sample_options(self.cfg), **overrides}
+        opts["settings"] = opts["settings"]._replace(**shared)
+        t_end = opts["settings"].t_end
         if s.grid in ("searched", "tuned") and "grid" not in overrides \
                 and opts["steps"] is not None and "grid" in samplers.SAMPLERS[opts["method"]].options:
             if s.grid == "searched" or opts["steps"] < 3:  # two levels: nothing to tune
-                opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=opts["t_end"],
+                opts["grid"] = self.searched_grid(model, steps=opts["steps"], t_end=t_end,
                                                   cache_dir=cache_dir)
             else:
-                mine = samplers.SAMPLERS[opts["method"]].options  # not progress= etc.
+                mine = samplers.SAMPLERS[opts["method"]].options  # not settings= etc.
                 own = {k: v for k, v in opts.items() if k in mine}
                 opts["grid"] = self.tuned_grid(model, method=opts["method"], steps=opts["steps"],
-                                               t_end=opts["t_end"], options=own,
-                                               cache_dir=cache_dir)
+                                               t_end=t_end, options=own, cache_dir=cache_dir)
         key = jax.random.key(s.seed)
         chunk = max(ndev, SAMPLE_CHUNK - SAMPLE_CHUNK % ndev)
         if total <= chunk:

@@ -9,11 +9,15 @@ d log p_t(x(t)) / dt = -div v(t, x(t)), so with z = x(t1) obtained by integratin
 (forward-mode derivatives along basis vectors, `chunk` at a time, never the whole Jacobian at once)
 or Hutchinson's estimate eps^T (dv/dx) eps with probes eps held fixed along the path.
 
-By default (see `log_likelihood`) the whole batch is one ODE with shared steps (a vmapped batch of
+By default (see `StepControl`) the whole batch is one ODE with shared steps (a vmapped batch of
 per-point adaptive solves runs to its slowest point anyway), each step accepted only when every
 point's own error meets the tolerances, solved by Dopri5 for VP/SubVP and
 Tsit5 for VE, with the state rescaled to unit scale and integrated in t. See
 `docs/results/defaults.md` for the measurements behind these defaults.
+
+The options are small frozen objects of `sgm.likelihood_options`, re-exported here: the
+divergence (`Exact` or `Hutchinson`) and how the ODE is solved (`StepControl`), with the names
+their fields take (`SOLVERS`, `CLOCKS`, `STEPPING`, `ERROR_NORMS`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ import numpy as np
 
 from .data.transforms import discrete_log_det
 from .errors import ConfigError, DataError
-from .ode_solvers import (ADAPTIVE, STEPPING, check_count, check_number, check_solved,
-                          check_tolerances, failure, largest_point_rms, ode_solver)
+from .likelihood_options import CLOCKS, ERROR_NORMS, SOLVERS, Exact, Hutchinson, StepControl
+from .ode_solvers import (STEPPING, check_count, check_number, check_solved, check_tolerances,
+                          failure, largest_point_rms, ode_solver)
 from .parallel import constrain
 from .samplers import check_score
 from .sde import VESDE, AbstractSDE, LearnedSchedule, SubVPSDE
@@ -58,11 +63,6 @@ def _probes(key, probes: int, dim: int, kind: str, dtype):
     if kind == "rademacher":
         return jax.random.rademacher(key, (probes, dim)).astype(dtype)
     return jax.random.normal(key, (probes, dim), dtype)
-
-
-SOLVERS = ("auto", *ADAPTIVE)
-CLOCKS = ("auto", "t", "logt", "logsnr")
-ERROR_NORMS = ("point", "batch")
 
 
 def _clock(sde: AbstractSDE, clock: str, t0):
@@ -188,61 +188,39 @@ def _check_points(x) -> jax.Array:
 
 def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: bool = True,
                    rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
-                   probe: str = "rademacher", t0: float | None = None, solver: str = "auto",
-                   chunk: int = 128, hutchinson: str = "jvp", max_steps: int = 16384,
-                   cond: dict | None = None, sharding=None, clock: str = "auto",
-                   stepping: str = "batch", error_norm: str = "point", pcoeff: float = 0.0,
-                   icoeff: float = 1.0,
-                   rescale: bool = True,
-                   progress_meter: diffrax.AbstractProgressMeter | None = None):
+                   probe: str = "rademacher", cond: dict | None = None,
+                   divergence: Exact | Hutchinson | None = None,
+                   control: StepControl | None = None):
     """log p_t0(x) in nats for each sample of a batch, by the probability-flow ODE.
+
+    `log_likelihood(score, sde, x)` takes the exact divergence and
+    `log_likelihood(score, sde, x, key=key, exact=False, probes=4)` Hutchinson's estimator; every
+    setting of the divergence is `divergence=Exact(chunk=...)` or
+    `divergence=Hutchinson(probes=..., probe=..., product=...)`, and how the ODE is solved is
+    `control=StepControl(...)`.
 
     Arguments:
         score: `score(t, x)` of ONE sample.
         sde: the forward SDE (its prior closes the integral at t1).
         x: batch (B, *shape).
-        key: PRNG key for Hutchinson probes (required when `exact=False`).
-        exact: exact divergence (chunked forward mode) or Hutchinson's estimator.
+        key: PRNG key for Hutchinson probes (required for Hutchinson's estimator).
+        exact: exact divergence (chunked forward mode) or Hutchinson's estimator; with `probes`
+            and `probe` a shorthand for `divergence`.
         rtol, atol: tolerances of the adaptive solver (PID controller), on the RMS of the scaled
             local errors of a point's coordinates and its log-density accumulator (see
-            `error_norm` for a batch). With D + 1 components per point, the accumulator's error is
-            at most sqrt(D + 1) times its tolerance: at most the tolerance per dimension (D >= 2).
+            `StepControl.error_norm` for a batch). With D + 1 components per point, the
+            accumulator's error is at most sqrt(D + 1) times its tolerance: at most the tolerance
+            per dimension (D >= 2).
         probes: number of Hutchinson probes averaged per sample (fixed along the path).
         probe: "rademacher" or "gaussian".
-        t0: start time (default `sde.t0`).
-        solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", or "auto" (the
-            default): Dopri5 for VP and SubVP, Tsit5 for VE (whose flow grows like sigma(t)) and
-            for SubVP on a learned schedule. See `docs/results/defaults.md` for the measurements
-            behind this default.
-        chunk: basis vectors per forward-mode batch for the exact divergence.
-        hutchinson: "jvp" (forward mode) or "vjp" (reverse mode) products for the estimator.
         cond: optional dict of per-sample conditioning arrays (leading axis B), passed to the
             score as `score(t, x, **cond_i)` (labels or parameters of each test point).
-        sharding: optional `jax.sharding.Sharding` of the batch axis to spread the batch over
-            devices (`sgm.parallel.batch_sharding(mesh)`); B must divide over them.
-        clock: the time variable of the solve, "t", "logt" or "logsnr" (log sigma(t)); see
-            `_clock`. The integral is the same; the number of steps is not. "auto" (the default)
-            is "logsnr" on a learned schedule (the ODE in the noise level does not depend on the
-            schedule's shape) and "t" on every other SDE. See `docs/results/defaults.md` for the
-            measurements behind this default.
-        stepping: "batch" (the default: one solve of the whole batch with shared steps) or
-            "point" (every sample its own steps and error control; a vmapped batch of them still
-            runs until its slowest sample is done, so it costs that sample's steps for every
-            sample).
-        error_norm: how a shared-step solve measures its error. "point" (the default): each
-            point's RMS, the largest over the batch, so every point meets rtol/atol as its own
-            solve would. "batch": the RMS over the whole batch (score_sde's whole-batch solve),
-            which controls only the mean: one outlier among B points (a far out-of-sample point,
-            say) may carry up to sqrt(B) times its own tolerance; it takes fewer steps. Ignored
-            with `stepping="point"`.
-        pcoeff, icoeff: the PID controller's proportional and integral coefficients.
-        rescale: integrate y = x / m(t), m(t) = sqrt(scale(t)^2 + std(t)^2) (the std at t of
-            unit-variance data: 1 for VP, sqrt(1 + sigma^2) for VE), so the state stays O(1) and
-            the VE flow's growth with sigma(t) is taken out of what the solver has to track.
-            Exact: y's divergence is x's minus D m'/m and log p_x = log p_y - D log m.
-        progress_meter: a diffrax progress meter of the solve, e.g. `diffrax.TqdmProgressMeter()`
-            (a bar of the fraction of [t0, t1] integrated, one per call); None (the default)
-            prints nothing. It does not change the result.
+        divergence: `Exact(chunk)` or `Hutchinson(probes, probe, product)`; None (the default)
+            builds it from `exact`, `probes` and `probe` (`Exact()` or `Hutchinson(probes,
+            probe)`). When given, `exact`, `probes` and `probe` must stay at their defaults.
+        control: how and where the ODE is solved (`StepControl`: solver, clock, stepping, error
+            norm, PID coefficients, rescaling, max_steps, t0, sharding, progress meter); None is
+            `StepControl()`, the defaults.
 
     Returns:
         `(logp, info)`: logp (B,) in nats per sample; info["nfe"] = vector-field evaluations per
@@ -251,54 +229,58 @@ def log_likelihood(score: Callable, sde: AbstractSDE, x, *, key=None, exact: boo
         solver steps of each sample.
 
     Raises:
-        ConfigError, before any solve: an unknown solver, probe, product, clock, stepping or error
-        norm; rtol or atol not positive and finite; probes, chunk or max_steps not a positive
-        integer; pcoeff or icoeff not finite; t0 outside (0, t1); `x` not a batch (B, *shape) of
+        ConfigError, before any solve: an unknown probe (and, when the objects are made, an
+        unknown product, solver, clock, stepping or error norm; probes, chunk or max_steps not a
+        positive integer; pcoeff or icoeff not finite); `divergence` given with `exact`,
+        `probes` or `probe` changed from their defaults; Hutchinson's estimator without a key;
+        rtol or atol not positive and finite; t0 outside (0, t1); `x` not a batch (B, *shape) of
         B >= 1 points of the shape the score takes (its output must have that shape too), or
         `cond` arrays without one condition per point.
         DataError: `x` holds NaN or inf (checked where `x` is a concrete array, not a tracer).
     """
-    if solver not in SOLVERS:
-        raise ConfigError(f"likelihood solver must be 'auto' or an adaptive one "
-                          f"({', '.join(SOLVERS[1:])}), got {solver!r}")
-    if probe not in ("rademacher", "gaussian"):
-        raise ConfigError(f"unknown Hutchinson probe {probe!r}; expected 'rademacher' or 'gaussian'")
-    if hutchinson not in ("jvp", "vjp"):
-        raise ConfigError(f"unknown Hutchinson product {hutchinson!r}; expected 'jvp' or 'vjp'")
-    if clock not in CLOCKS:
-        raise ConfigError(f"unknown likelihood clock {clock!r}; expected one of {', '.join(CLOCKS)}")
-    if stepping not in STEPPING:
-        raise ConfigError(f"unknown likelihood stepping {stepping!r}; expected one of "
-                          f"{', '.join(STEPPING)}")
-    if error_norm not in ERROR_NORMS:
-        raise ConfigError(f"unknown likelihood error norm {error_norm!r}; expected one of "
-                          f"{', '.join(ERROR_NORMS)}")
-    if not exact and key is None:
-        raise ConfigError("Hutchinson's estimator (exact=False) needs a PRNG key: pass key=...")
-    check_count("the number of Hutchinson probes", probes)
-    check_count("the exact divergence's chunk", chunk)
-    check_tolerances(rtol, atol, max_steps, "the likelihood")
-    check_number("the PID controller's pcoeff", pcoeff)
-    check_number("the PID controller's icoeff", icoeff)
+    if divergence is None:
+        estimator = Hutchinson(probes=probes, probe=probe)  # checks both, even for the exact trace
+        divergence = Exact() if exact else estimator
+    elif not isinstance(divergence, (Exact, Hutchinson)):
+        raise ConfigError(f"divergence must be sgm.Exact(...) or sgm.Hutchinson(...), got "
+                          f"{divergence!r}")
+    elif not exact or probes != 1 or probe != "rademacher":
+        raise ConfigError(f"divergence={divergence!r} was given together with exact={exact!r}, "
+                          f"probes={probes!r}, probe={probe!r}: set those in the divergence "
+                          f"object and leave exact, probes and probe at their defaults.")
+    control = StepControl() if control is None else control
+    if not isinstance(control, StepControl):
+        raise ConfigError(f"control must be an sgm.StepControl(...), got {control!r}")
+    hutchinson = isinstance(divergence, Hutchinson)
+    if hutchinson and key is None:
+        raise ConfigError("Hutchinson's estimator (exact=False, or divergence=Hutchinson(...)) "
+                          "needs a PRNG key: pass key=...")
+    check_tolerances(rtol, atol, control.max_steps, "the likelihood")
     learned = isinstance(getattr(sde, "schedule", None), LearnedSchedule)
+    solver, clock = control.solver, control.clock
     if solver == "auto":
         solver = "tsit5" if isinstance(sde, VESDE) or (learned and isinstance(sde, SubVPSDE)) else "dopri5"
     if clock == "auto":
         clock = "logsnr" if learned else "t"
     x = _check_points(x)
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
-    t0 = sde.t0 if t0 is None else t0
+    t0 = sde.t0 if control.t0 is None else control.t0
     check_number("the likelihood's start time t0", t0)
     if not isinstance(t0, jax.core.Tracer) and not 0 < t0 < sde.t1:
         raise ConfigError(f"the likelihood's start time t0 must lie in (0, {sde.t1}), got {t0}")
+    max_steps = control.max_steps
     fix = (f"the ODE cannot meet rtol={rtol:g}, atol={atol:g} in that many steps: loosen them "
            f"(likelihood.rtol, likelihood.atol) or raise max_steps.")
+    estimator = divergence if hutchinson else Hutchinson()  # unused by the exact trace
     logp, info = _solve(
-        score, sde, x, cond=cond or {}, keys=keys, exact=exact, rtol=rtol, atol=atol,
-        probes=probes, probe=probe, t0=t0, solver=solver, chunk=chunk, hutchinson=hutchinson,
-        max_steps=max_steps, sharding=sharding, clock=clock, stepping=stepping,
-        error_norm=error_norm, pcoeff=pcoeff, icoeff=icoeff, rescale=rescale,
-        progress_meter=diffrax.NoProgressMeter() if progress_meter is None else progress_meter)
+        score, sde, x, cond=cond or {}, keys=keys, exact=not hutchinson, rtol=rtol, atol=atol,
+        probes=estimator.probes, probe=estimator.probe, t0=t0, solver=solver,
+        chunk=Exact().chunk if hutchinson else divergence.chunk, hutchinson=estimator.product,
+        max_steps=max_steps, sharding=control.sharding, clock=clock, stepping=control.stepping,
+        error_norm=control.error_norm, pcoeff=control.pcoeff, icoeff=control.icoeff,
+        rescale=control.rescale,
+        progress_meter=(diffrax.NoProgressMeter() if control.progress_meter is None
+                        else control.progress_meter))
     check_solved(info.pop("failure"), "the likelihood ODE", max_steps, fix)
     return logp, info
 

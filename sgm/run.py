@@ -22,6 +22,7 @@ matplotlib is loaded (by `sgm.plot`) only when a figure is drawn.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -420,7 +421,11 @@ def likelihood_phase(exp: build.Experiment, model, *, step: int, mesh, workdir: 
     trackers = track.Trackers() if trackers is None else trackers
     # the steps of each solve (one batch can take minutes; the 2-D density's many short solves
     # show only their count)
-    meter = {"progress_meter": diffrax.TqdmProgressMeter(refresh_steps=5)} if progress else {}
+    meter = {}
+    if progress:
+        bar = diffrax.TqdmProgressMeter(refresh_steps=5)
+        control = build.likelihood_control(exp.cfg)
+        meter["control"] = dataclasses.replace(control, progress_meter=bar)
     t0 = time.perf_counter()
     with _bar(progress, "likelihood", "pt") as b:
         lik = exp.heldout_likelihood(model, mesh=mesh, progress=b, return_draws=True, **meter)

@@ -479,15 +479,17 @@ def _describe(entry: Sampler) -> str:
 
 
 @eqx.filter_jit
-def _run(score, sde, shape, key, num, method, settings, progress, cond, sharding, options):
+def _run(score, sde, shape, key, num, method, settings, cond, sharding, options):
+    """`sample` once its arguments are checked and `settings` resolved, but for the progress hook,
+    made here (inside the compiled function) so that equal settings reuse one compilation."""
     entry = SAMPLERS[method]
     check_score(score, shape, cond, num)  # when tracing: once per compilation
     k_prior, k_run = jax.random.split(key)
     x1 = sde.prior_sample(k_prior, (num, *shape))
     x1, cond = constrain((x1, cond), sharding)  # split the batch; jit partitions everything after
-    run = SamplerSettings(**settings, progress=progress_hook(progress))
+    run = settings._replace(progress=progress_hook(settings.progress))
     x, info = entry.fn(BatchedScore(score, cond), sde, x1, k_run, run, **options)
-    nfe = entry.nfe(settings["steps"], denoise=settings["denoise"], sde=sde, **options)
+    nfe = entry.nfe(settings.steps, denoise=settings.denoise, sde=sde, **options)
     return x, {"nfe": nfe, **info}  # a measured count (adaptive ODE) replaces the declared None
 
 
@@ -516,14 +518,15 @@ def _clip_range(clip) -> tuple[float, float]:
 
 
 def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, num: int,
-           method: str = "em", steps: int | None = None, t_end: float | None = None,
-           denoise: bool | None = None, clip: tuple[float, float] | None = None,
-           progress: Callable[[float, int], None] | None = None, return_path: bool = False,
+           method: str = "em", steps: int | None = None, settings: SamplerSettings | None = None,
            cond: dict | None = None, sharding=None, **options):
     """Draws `num` samples of shape `shape` by integrating from the prior at t1 down to `t_end`.
 
     x_1 ~ N(0, prior_std^2 I), then the method's reverse-time solve (see the module docstring and
-    `SAMPLERS` for the methods, their defaults, NFE and order).
+    `SAMPLERS` for the methods, their defaults, NFE and order). The settings every method shares
+    (where it stops, the final denoising, clipping, a progress hook, the path) are one
+    `SamplerSettings`: `sample(score, sde, shape, key=key, num=n, method="ddim", steps=50,
+    settings=SamplerSettings(t_end=1e-4, clip=(-1.0, 1.0)))`.
 
     Arguments:
         score: `score(t, x)` of ONE sample (network wrapper, guided score or closed form).
@@ -535,15 +538,19 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
             "unipc" or "ipndm".
         steps: number of steps (default `SAMPLERS[method].default_steps`: em/pc/ddpm 1000, ddim 50,
             heun 18, dpm2m/dpm3m/unipc 20, ipndm 10; "ode" is adaptive unless a fixed-step
-            `solver` is chosen, 100 steps then).
-        t_end: final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE).
-        denoise: end with a Tweedie step E[x_0 | x_t_end] (default `SAMPLERS[method].denoises`: on
-            for em/pc, off for ode). ddpm, ddim, heun, dpm2m, dpm3m, unipc and ipndm always end on
-            x_0: True is a no-op for them and False a ConfigError.
-        clip: (lo, hi) data range to clip predicted x_0 (ddpm, ddim and the few-step solvers) and
-            the final samples.
-        progress: hook `progress(steps_done, total)` called from fixed-step methods.
-        return_path: also return `info["path"]` (steps, num, *shape) and `info["path_t"]`.
+            `solver` is chosen, 100 steps then); the same as `settings.steps` (give either, or
+            both equal).
+        settings: the shared settings (`SamplerSettings`; None: every default), each field None
+            for its default:
+            t_end, the final time (default `sde.sampling_t0`: 1e-3 for VP/SubVP, 1e-5 for VE);
+            denoise, end with a Tweedie step E[x_0 | x_t_end] (default
+            `SAMPLERS[method].denoises`: on for em/pc, off for ode; ddpm, ddim, heun, dpm2m,
+            dpm3m, unipc and ipndm always end on x_0: True is a no-op for them and False a
+            ConfigError);
+            clip, a (lo, hi) data range to clip predicted x_0 (ddpm, ddim and the few-step
+            solvers) and the final samples;
+            progress, a hook `progress(steps_done, total)` called from fixed-step methods;
+            return_path, also return `info["path"]` (steps, num, *shape) and `info["path_t"]`.
         cond: optional dict of per-sample conditioning arrays (leading axis `num`), passed to the
             score as `score(t, x, **cond_i)`; constant conditioning is better closed over.
         sharding: optional `jax.sharding.Sharding` of the batch axis (e.g.
@@ -559,12 +566,14 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         `(samples, info)` with samples (num, *shape) and info["nfe"] score evaluations per sample.
 
     Raises:
-        ConfigError, before any solve: an unknown method or option; `num`, `steps` or a dimension
-        of `shape` that is not a positive integer; `t_end` outside (0, t1); `clip` that is not a
-        finite range lo < hi; an option out of its range (ode: rtol and atol not positive and
-        finite, max_steps not a positive integer; pc: snr not positive and finite; ddim: eta not
-        finite and non-negative; ...); a score that does not map one sample of `shape` (with its
-        conditions) to an array of that shape, or `cond` arrays without one condition per sample.
+        ConfigError, before any solve: an unknown method or option; `settings` that is not a
+        `SamplerSettings`; `steps` and `settings.steps` both given and different; `num`, `steps`
+        or a dimension of `shape` that is not a positive integer; `t_end` outside (0, t1);
+        `clip` that is not a finite range lo < hi; an option out of its range (ode: rtol and atol
+        not positive and finite, max_steps not a positive integer; pc: snr not positive and
+        finite; ddim: eta not finite and non-negative; ...); a score that does not map one sample
+        of `shape` (with its conditions) to an array of that shape, or `cond` arrays without one
+        condition per sample.
     """
     entry = SAMPLERS.get(method)
     if entry is None:
@@ -573,27 +582,41 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
     if unknown:
         raise ConfigError(f"sampling method {method!r} does not take {', '.join(map(repr, unknown))}; "
                           f"its options are: {_describe(entry)}.")
-    steps = entry.default_steps if steps is None else steps
-    if steps is not None:
-        steps = check_count("sampling steps", steps)
+    run = _resolve(SamplerSettings() if settings is None else settings, steps, entry, method, sde)
     num = check_count("the number of samples num", num)
     shape = _sample_shape(shape)
-    if clip is not None:
-        clip = _clip_range(clip)
-    t_end = sde.sampling_t0 if t_end is None else t_end
-    if not 0 < t_end < sde.t1:
-        raise ConfigError(f"sampling end time t_end must lie in (0, {sde.t1}), got {t_end}")
-    if denoise is None:
-        denoise = entry.denoises
-    elif entry.ends_on_x0 and not denoise:
-        raise ConfigError(f"sampling method {method!r} always ends on Tweedie's x_0 at t_end, so "
-                          f"denoise=False does not apply to it.")
-    settings = {"steps": steps, "t_end": t_end, "denoise": bool(denoise), "clip": clip,
-                "return_path": return_path}
     opts = dict(entry.defaults, **options)
-    x, info = _run(score, sde, shape, key, num, method, settings, progress, cond, sharding, options)
+    x, info = _run(score, sde, shape, key, num, method, run, cond, sharding, options)
     if "failure" in info:  # an adaptive solve: it may have run out of steps
         fix = (f"it cannot meet rtol={opts['rtol']:g}, atol={opts['atol']:g} in that many steps: "
                f"loosen them or raise max_steps (the sampler's options).")
         check_solved(info.pop("failure"), f"the {method} sampler", opts["max_steps"], fix)
     return x, info
+
+
+def _resolve(settings: SamplerSettings, steps: int | None, entry: Sampler, method: str,
+             sde: AbstractSDE) -> SamplerSettings:
+    """The user's `settings` (and `sample`'s own `steps`) checked, with every default filled in:
+    what the implementations receive, but for the progress hook (`_run` makes it from
+    `progress`, the user's function or None)."""
+    if not isinstance(settings, SamplerSettings):
+        raise ConfigError(f"settings must be an sgm.SamplerSettings(...), got {settings!r}")
+    if steps is not None and settings.steps is not None and steps != settings.steps:
+        raise ConfigError(f"steps={steps!r} and settings.steps={settings.steps!r} differ: give "
+                          f"the number of steps once.")
+    steps = settings.steps if steps is None else steps
+    steps = entry.default_steps if steps is None else steps
+    if steps is not None:
+        steps = check_count("sampling steps", steps)
+    clip = None if settings.clip is None else _clip_range(settings.clip)
+    t_end = sde.sampling_t0 if settings.t_end is None else settings.t_end
+    if not 0 < t_end < sde.t1:
+        raise ConfigError(f"sampling end time t_end must lie in (0, {sde.t1}), got {t_end}")
+    denoise = settings.denoise
+    if denoise is None:
+        denoise = entry.denoises
+    elif entry.ends_on_x0 and not denoise:
+        raise ConfigError(f"sampling method {method!r} always ends on Tweedie's x_0 at t_end, so "
+                          f"denoise=False does not apply to it.")
+    return SamplerSettings(steps=steps, t_end=t_end, denoise=bool(denoise), clip=clip,
+                           progress=settings.progress, return_path=settings.return_path)

@@ -168,27 +168,61 @@ def levels_for(levels: np.ndarray, costs: np.ndarray, steps: int) -> tuple[float
 # ----------------------------------------------------------------- levels tuned by gradient descent
 
 
+LOSSES = ("rms", "squared")
+
+
 @dataclasses.dataclass(frozen=True)
 class Tuning:
     """How `tune_grid` fits the levels: `num` draws solved accurately on `reference_steps` log-SNR
-    levels (at least 2), then `iters` Adam steps (learning rate `lr`) on `batch` of them each
-    (default min(32, num)). Checked when made: a ConfigError names what is out of range."""
+    levels (at least 2), the first `num - held_out` of them fitted by `iters` Adam steps (learning
+    rate `lr`) on `batch` draws each (default min(32, fitted draws)), the last `held_out`
+    (default num // 4, at least 1 unless num is 1) kept to judge the result. `loss` is what a
+    step lowers: "rms" (the default), the mean over draws of each draw's RMS distance to its
+    accurate endpoint, or "squared", the mean squared distance. Checked when made: a
+    ConfigError names what is out of range."""
 
     num: int = 256
     batch: int | None = None
     iters: int = 100
     lr: float = 0.05
     reference_steps: int = 200
+    loss: str = "rms"
+    held_out: int | None = None
 
     def __post_init__(self):
-        batch = min(32, self.num) if self.batch is None else self.batch
-        if self.num < 1 or not 1 <= batch <= self.num or self.iters < 0 or not self.lr > 0 \
-                or self.reference_steps < 2:
-            raise ConfigError(f"tune_grid needs num >= 1, 1 <= batch <= num, iters >= 0, lr > 0 "
-                              f"and reference_steps >= 2, got num={self.num}, batch={batch}, "
-                              f"iters={self.iters}, lr={self.lr}, "
+        held = (self.num // 4 if self.num > 1 else 0) if self.held_out is None else self.held_out
+        fitted = self.num - held
+        batch = min(32, max(fitted, 1)) if self.batch is None else self.batch
+        if self.num < 1 or not 0 <= held < self.num or not 1 <= batch <= fitted \
+                or self.iters < 0 or not self.lr > 0 or self.reference_steps < 2:
+            raise ConfigError(f"tune_grid needs num >= 1, 0 <= held_out < num, "
+                              f"1 <= batch <= num - held_out, iters >= 0, lr > 0 and "
+                              f"reference_steps >= 2, got num={self.num}, held_out={held}, "
+                              f"batch={batch}, iters={self.iters}, lr={self.lr}, "
                               f"reference_steps={self.reference_steps}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown tune_grid loss {self.loss!r}; expected one of "
+                              f"{', '.join(LOSSES)}")
         object.__setattr__(self, "batch", batch)
+        object.__setattr__(self, "held_out", held)
+
+
+def _distance(x, ref, loss: str):
+    """The tuning loss between a batch of samples and their accurate endpoints."""
+    sq = jnp.mean(jnp.square(x - ref).reshape(x.shape[0], -1), axis=1)
+    if loss == "squared":
+        return jnp.mean(sq)
+    return jnp.mean(jnp.sqrt(sq + jnp.finfo(sq.dtype).tiny))
+
+
+def sliced_w2(x, y, key, directions: int = 64):
+    """Sliced Wasserstein-2 distance between equal-size sample sets x, y (n, *shape) along
+    `directions` random unit directions (the same for every call with this key)."""
+    x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    dirs = jax.random.normal(key, (x.shape[1], directions), x.dtype)
+    dirs = dirs / jnp.linalg.norm(dirs, axis=0)
+    px, py = jnp.sort(x @ dirs, axis=0), jnp.sort(y @ dirs, axis=0)
+    return jnp.sqrt(jnp.mean(jnp.square(px - py)))
 
 
 def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels, *, key,
@@ -207,9 +241,15 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
        tight tolerance take thousands of steps): the targets x*;
     2. the interior levels, parametrised by a softmax over the decrements of log sigma (so they
        stay ordered between the fixed first and last level), take `iters` Adam steps (`lr`) on
-       the mean squared distance between `method`'s samples on those levels and x*, each on
+       the distance between `method`'s samples on those levels and x* (`Tuning.loss`: by
+       default the mean of each draw's RMS distance, which a few draws that land in another
+       mode than their x* cannot dominate as they do the mean squared distance), each on
        `batch` draws picked at random, with gradients through the sampler and the score;
-    3. the result replaces `levels` only if it is closer to x* on all `num` draws.
+    3. the result replaces `levels` only if, on the `held_out` draws that were not fitted, it
+       is both closer to their x* and no farther from their distribution: the sliced
+       Wasserstein-2 distance between its samples and the x* (64 directions) must not grow.
+       A distance between pairs is lowered by samples pulled towards their mean, which narrows
+       the distribution; the second test refuses that.
 
     Cost, once per model, method and step count: `num * reference_steps` score evaluations for
     the targets plus `iters * batch * steps` with their gradients (about four times as many: the
@@ -222,10 +262,11 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         levels: the starting levels, sigma(t1) first and sigma(t_end) last (e.g. `search_grid`'s
             or `sigma_solvers.sigma_grid`'s); their number is the sampler's `steps`.
         method: a sampler with a `grid` option: "heun", "dpm2m", "dpm3m", "unipc" or "ipndm".
-        tuning: `Tuning`: `num` draws whose exact endpoints the levels are fitted to, `batch`
-            draws per gradient step, `iters` gradient steps (0: `levels` unchanged), Adam's
-            learning rate `lr` on the softmax logits, and the `reference_steps` levels of the
-            accurate solves that give the targets (step 1).
+        tuning: `Tuning`: `num` draws with accurate endpoints, `held_out` of them kept to judge
+            the result (step 3), `batch` draws per gradient step, `iters` gradient steps (0:
+            `levels` unchanged), Adam's learning rate `lr` on the softmax logits, the `loss`,
+            and the `reference_steps` levels of the accurate solves that give the targets
+            (step 1).
         options: further options of `method` (e.g. unipc's order).
 
     Returns:
@@ -242,7 +283,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
             or not np.all(np.diff(start) < 0):
         raise ConfigError(f"tune_grid needs at least 2 decreasing positive levels, got "
                           f"{tuple(np.round(start, 6).tolist())}")
-    num, batch, iters, lr, reference_steps = dataclasses.astuple(tuning)
+    num, batch, iters, lr, reference_steps, loss, held = dataclasses.astuple(tuning)
     if start.size == 2 or iters == 0:
         return tuple(float(s) for s in start)
     t_end = sde.sampling_t0 if t_end is None else t_end
@@ -268,33 +309,49 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         frac = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))])
         return jnp.exp(lo + (hi - lo) * frac).at[0].set(start[0]).at[-1].set(start[-1])
 
-    def distance(logits, score, x1, ref, cond):
+    def samples(logits, score, x1, ref, cond):
         remat = jax.checkpoint(lambda t, x, c: score(t, x, **c))
         bscore = BatchedScore(lambda t, x, **c: remat(t, x, c), cond or None)
         run = SamplerSettings(start.size, t_end, True, clip, lambda *_: None, False)
         x, _ = entry.fn(bscore, sde, x1, k_run, run, **{**options, "grid": levels_of(logits)})
-        return jnp.mean((x - ref) ** 2)
+        return x
+
+    def distance(logits, score, x1, ref, cond):
+        return _distance(samples(logits, score, x1, ref, cond), ref, loss)
 
     opt = optax.adam(lr)
+
+    fitted = num - held
+    k_batch, k_dirs = jax.random.split(k_batch)
 
     @eqx.filter_jit
     def fit(logits, score, x1, ref, cond, key):
         def step(carry, k):
             p, state = carry
-            pick = jax.random.choice(k, num, (batch,), replace=False)
+            pick = jax.random.choice(k, fitted, (batch,), replace=False)
             sub = jax.tree_util.tree_map(lambda a: a[pick], (x1, ref, cond))
             g = jax.grad(distance)(p, score, *sub)
             update, state = opt.update(g, state)
             return (optax.apply_updates(p, update), state), None
 
         (p, _), _ = jax.lax.scan(step, (logits, opt.init(logits)), jax.random.split(key, iters))
-        return p, distance(logits, score, x1, ref, cond), distance(p, score, x1, ref, cond)
+        return p
+
+    @eqx.filter_jit
+    def judge(logits, score, x1, ref, cond):
+        """(distance, sliced W2 to the x*) of the levels on the held-out draws."""
+        x = samples(logits, score, x1, ref, cond)
+        return _distance(x, ref, loss), sliced_w2(x, ref, k_dirs)
 
     logits0 = jnp.log(jnp.asarray(np.diff(np.log(start)) / (hi - lo), jnp.result_type(float)))
-    logits, before, after = fit(logits0, score, x1, ref, cond, k_batch)
-    if not (np.isfinite(float(after)) and np.isfinite(float(before))):
+    part = lambda a, lo, hi: jax.tree_util.tree_map(lambda v: v[lo:hi], a)  # noqa: E731
+    logits = fit(logits0, score, *part((x1, ref, cond), 0, fitted), k_batch)
+    judged = part((x1, ref, cond), fitted, num) if held else (x1, ref, cond)
+    before = [float(v) for v in judge(logits0, score, *judged)]
+    after = [float(v) for v in judge(logits, score, *judged)]
+    if not np.all(np.isfinite(before + after)):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
-    if float(after) >= float(before):
+    if after[0] >= before[0] or after[1] > before[1]:
         return tuple(float(s) for s in start)
     tuned = np.asarray(levels_of(logits), np.float64)
     return tuple(float(s) for s in tuned)

@@ -118,9 +118,10 @@ def test_heldout_likelihood_tn_end_to_end():
 
     k = np.array([0, 2, 4] * 40, np.uint8)[:, None]
     s = 0.2
+    deq = sgm.evaluate.Dequantisation(kind="tn", samples=2, std=s)
     out = sgm.evaluate.heldout_likelihood(Model(sde), PRE, k, {}, key=jax.random.key(0), batch=120,
-                                          dequant="tn", dequant_std=s, dequant_samples=2,
-                                          return_draws=True, rtol=1e-6, atol=1e-6)
+                                          dequantisation=deq, return_draws=True, rtol=1e-6,
+                                          atol=1e-6)
     assert out["dequant"] == "tn" and out["dequant_std"] == s
 
     # quadrature with the model's own density p_t0 (the Gaussian convolved with the t0 kernel)

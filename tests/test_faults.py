@@ -219,7 +219,7 @@ def test_a_solve_out_of_steps_is_one_sentence():
     x = jnp.ones((3, 2))
     with pytest.raises(NumericalError, match=r"^the likelihood ODE took more than max_steps=2 "
                                              r"steps; .*rtol=1e-05, atol=1e-05.*likelihood.rtol"):
-        sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, max_steps=2)
+        sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, control=sgm.StepControl(max_steps=2))
     with pytest.raises(NumericalError, match=r"^the ode sampler took more than max_steps=2 steps"):
         sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
                    max_steps=2)
@@ -244,14 +244,15 @@ def test_adaptive_solves_compile_without_host_callbacks(monkeypatch, stepping):
     monkeypatch.setattr(likelihood, "_solve", spy("likelihood", likelihood._solve))
     monkeypatch.setattr(samplers, "_run", spy("sampler", samplers._run))
     x = jnp.ones((3, 2))
-    sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, stepping=stepping)
+    sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, control=sgm.StepControl(stepping=stepping))
     sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
                stepping=stepping)
     assert set(calls) == {"likelihood", "sampler"}
     for name, text in calls.items():
         assert "callback" not in text, name
     with pytest.raises(NumericalError, match=r"^the likelihood ODE took more than max_steps=2 "):
-        sgm.log_likelihood(lambda t, x: -x, VPSDE(), x, max_steps=2, stepping=stepping)
+        sgm.log_likelihood(lambda t, x: -x, VPSDE(), x,
+                           control=sgm.StepControl(max_steps=2, stepping=stepping))
     with pytest.raises(NumericalError, match=r"^the ode sampler took more than max_steps=2 steps"):
         sgm.sample(lambda t, x: -x, VPSDE(), (2,), key=jax.random.key(0), num=3, method="ode",
                    max_steps=2, stepping=stepping)

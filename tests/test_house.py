@@ -1,7 +1,9 @@
-"""The layout the design promises: a leaf config, one builder edge, no name shadowing a module."""
+"""The layout the design promises: a leaf config, one builder edge, no name shadowing a module, no
+import cycle, and no public function of more than twelve parameters."""
 
 import ast
 import pkgutil
+import sys
 from pathlib import Path
 
 import sgm
@@ -144,3 +146,50 @@ def test_no_import_cycles():
     imports it back (directly or through others)."""
     cycles = [" -> ".join(c) for c in _cycles(_import_graph())]
     assert not cycles, cycles
+
+
+#: the most parameters a public function of sgm takes; more knobs belong in option objects
+MAX_PARAMETERS = 12
+
+
+def _wide_functions(limit: int = MAX_PARAMETERS) -> list[str]:
+    """Public functions and methods of sgm (names not starting with "_", nested ones included)
+    with more than `limit` parameters: positional, keyword-only, *args and **kwargs each count
+    one; a method's `self` or `cls` does not."""
+    wide = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if (not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    or node.name.startswith("_")):
+                continue
+            a = node.args
+            count = (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg)
+                     + bool(a.kwarg))
+            if a.args and a.args[0].arg in ("self", "cls"):
+                count -= 1
+            if count > limit:
+                wide.append(f"{path.relative_to(SGM)}:{node.lineno} {node.name} ({count})")
+    return wide
+
+
+def test_the_count_sees_every_kind_of_parameter(tmp_path, monkeypatch):
+    """The count takes *args, **kwargs, keyword-only and positional-only parameters, skips `self`
+    and private names, and looks inside classes and functions."""
+    (tmp_path / "m.py").write_text(
+        "def wide(a, /, b, *args, c, **kw): pass\n"
+        "def _private(a, b, c, d, e): pass\n"
+        "class K:\n"
+        "    def method(self, a, b, c, *, d): pass\n"
+        "def outer():\n"
+        "    def inner(a, b, c, d, e, f): pass\n")
+    monkeypatch.setattr(sys.modules[__name__], "SGM", tmp_path)
+    found = _wide_functions(limit=3)
+    assert found == ["m.py:1 wide (5)", "m.py:4 method (4)", "m.py:6 inner (6)"], found
+    assert _wide_functions(limit=6) == []
+
+
+def test_public_functions_take_at_most_twelve_parameters():
+    """Options belong in small frozen objects (as diffrax passes `solver`, `stepsize_controller`
+    and `adjoint`): no public function or method of sgm takes more than twelve parameters."""
+    wide = _wide_functions()
+    assert not wide, f"{len(wide)} take more than {MAX_PARAMETERS} parameters: {wide}"

@@ -39,11 +39,17 @@ def conditional_score(t, x, mu):
     ({"rtol": 0.0}, "rtol must be a positive"), ({"rtol": math.nan}, "rtol must be a positive"),
     ({"atol": 0.0}, "absolute tolerance atol must be a positive finite number, got 0.0"),
     ({"atol": math.inf}, "atol must be a positive"),
-    ({"max_steps": 0}, "max_steps must be a positive integer"),
 ])
 def test_likelihood_refuses_tolerances_that_are_not_positive_and_finite(bad, match):
     with pytest.raises(sgm.ConfigError, match=f"^the likelihood's .*{match}"):
         sgm.log_likelihood(SCORE, SDE, X, **bad)
+
+
+def test_the_step_control_refuses_max_steps_that_is_not_a_positive_integer():
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(sgm.ConfigError, match="^the likelihood's max_steps must be a positive "
+                                                  "integer"):
+            sgm.StepControl(max_steps=bad)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -61,16 +67,25 @@ def test_ode_sampler_refuses_tolerances_that_are_not_positive_and_finite(bad, ma
 @pytest.mark.parametrize("bad,match", [
     ({"probes": 1.5, "exact": False, "key": jax.random.key(0)}, "Hutchinson probes must be a "
                                                                  "positive integer, got 1.5"),
-    ({"chunk": 0}, "chunk must be a positive integer, got 0"),
-    ({"t0": 0.0}, r"start time t0 must lie in \(0, 1.0\), got 0.0"),
-    ({"t0": 1.5}, r"start time t0 must lie in \(0, 1.0\)"),
-    ({"t0": math.nan}, "t0 must be a finite number"),
-    ({"pcoeff": math.nan}, "pcoeff must be a finite number"),
-    ({"icoeff": math.inf}, "icoeff must be a finite number"),
+    ({"probes": 0}, "Hutchinson probes must be a positive integer, got 0"),
+    ({"probe": "uniform"}, "unknown Hutchinson probe 'uniform'"),
+    ({"control": sgm.StepControl(t0=0.0)}, r"start time t0 must lie in \(0, 1.0\), got 0.0"),
+    ({"control": sgm.StepControl(t0=1.5)}, r"start time t0 must lie in \(0, 1.0\)"),
 ])
 def test_likelihood_refuses_counts_and_ranges_out_of_bounds(bad, match):
     with pytest.raises(sgm.ConfigError, match=match):
         sgm.log_likelihood(SCORE, SDE, X, **bad)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: sgm.Exact(chunk=0), "chunk must be a positive integer, got 0"),
+    (lambda: sgm.StepControl(t0=math.nan), "t0 must be a finite number"),
+    (lambda: sgm.StepControl(pcoeff=math.nan), "pcoeff must be a finite number"),
+    (lambda: sgm.StepControl(icoeff=math.inf), "icoeff must be a finite number"),
+])
+def test_the_likelihoods_options_refuse_counts_and_ranges_out_of_bounds(make, match):
+    with pytest.raises(sgm.ConfigError, match=match):
+        make()
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -78,8 +93,9 @@ def test_likelihood_refuses_counts_and_ranges_out_of_bounds(bad, match):
     ({"num": True}, "num must be a positive integer"),
     ({"shape": (0,)}, r"sample shape must be a tuple of positive integers, got \(0,\)"),
     ({"shape": (2.0,)}, "sample shape must be a tuple of positive integers"),
-    ({"clip": (1.0, -1.0)}, r"clip must be a data range \(lo, hi\) .* lo < hi"),
-    ({"clip": (-1.0, math.nan)}, "clip must be a data range"),
+    ({"settings": sgm.SamplerSettings(clip=(1.0, -1.0))},
+     r"clip must be a data range \(lo, hi\) .* lo < hi"),
+    ({"settings": sgm.SamplerSettings(clip=(-1.0, math.nan))}, "clip must be a data range"),
     ({"method": "pc", "steps": 2, "snr": math.inf}, "pc's snr must be a positive finite number"),
     ({"method": "ddim", "steps": 2, "eta": math.nan}, "ddim's eta must be a finite number"),
     ({"method": "heun", "steps": 2, "s_churn": math.inf}, "heun's s_churn must be a finite"),

@@ -57,8 +57,8 @@ def test_clock_and_stepping_give_the_closed_form(name):
     true = jax.vmap(lambda xi: MIXTURE.log_prob(xi, sde, sde.t0))(x)
     for clock in sgm.likelihood.CLOCKS[1:]:  # "auto" is one of them
         for stepping in sgm.likelihood.STEPPING:
-            logp, info = sgm.log_likelihood(MIXTURE.score(sde), sde, x, clock=clock,
-                                            stepping=stepping)
+            logp, info = sgm.log_likelihood(
+                MIXTURE.score(sde), sde, x, control=sgm.StepControl(clock=clock, stepping=stepping))
             z = info["z"]
             prior_term = (jax.vmap(sde.prior_logp)(z)
                           - jax.vmap(lambda zi: MIXTURE.log_prob(zi, sde, sde.t1))(z))
@@ -80,8 +80,10 @@ def test_shared_steps_equal_per_point_steps_and_cost_less_on_a_spread_batch():
     point. The far point is as accurate as in a tight solve of its own."""
     sde = sgm.VPSDE()
     x = jnp.concatenate([MIXTURE.sample(jax.random.key(5), 16), jnp.array([[6.0, -5.0, 4.0]])])
-    point, ip = sgm.log_likelihood(MIXTURE.score(sde), sde, x, stepping="point")
-    batch, ib = sgm.log_likelihood(MIXTURE.score(sde), sde, x, stepping="batch")
+    point, ip = sgm.log_likelihood(MIXTURE.score(sde), sde, x,
+                                   control=sgm.StepControl(stepping="point"))
+    batch, ib = sgm.log_likelihood(MIXTURE.score(sde), sde, x,
+                                   control=sgm.StepControl(stepping="batch"))
     tight, _ = sgm.log_likelihood(MIXTURE.score(sde), sde, x[16:], rtol=1e-7, atol=1e-7)
     np.testing.assert_allclose(batch[:16], point[:16], atol=3e-4)
     # log p ~ -493: the far point meets the relative tolerance on its own (6e-3 nats measured, its
@@ -104,7 +106,8 @@ def test_the_error_norm_of_shared_steps_is_the_worst_points_rms():
     true = jax.vmap(lambda xi: MIXTURE.log_prob(xi, sde, sde.t0))(x)
     errs, nfes = {}, {}
     for error_norm in sgm.likelihood.ERROR_NORMS:
-        logp, info = sgm.log_likelihood(MIXTURE.score(sde), sde, x, error_norm=error_norm)
+        logp, info = sgm.log_likelihood(MIXTURE.score(sde), sde, x,
+                                        control=sgm.StepControl(error_norm=error_norm))
         z = info["z"]
         prior_term = (jax.vmap(sde.prior_logp)(z)
                       - jax.vmap(lambda zi: MIXTURE.log_prob(zi, sde, sde.t1))(z))
@@ -116,16 +119,14 @@ def test_the_error_norm_of_shared_steps_is_the_worst_points_rms():
 
 
 def test_unknown_clock_and_stepping_are_config_errors():
-    sde = sgm.VPSDE()
-    x = MIXTURE.sample(jax.random.key(0), 2)
     with pytest.raises(sgm.ConfigError, match="clock"):
-        sgm.log_likelihood(MIXTURE.score(sde), sde, x, clock="sigma")
+        sgm.StepControl(clock="sigma")
     with pytest.raises(sgm.ConfigError, match="stepping"):
-        sgm.log_likelihood(MIXTURE.score(sde), sde, x, stepping="shared")
+        sgm.StepControl(stepping="shared")
     with pytest.raises(sgm.ConfigError, match="error norm 'max'; expected one of point, batch"):
-        sgm.log_likelihood(MIXTURE.score(sde), sde, x, error_norm="max")
+        sgm.StepControl(error_norm="max")
     with pytest.raises(sgm.ConfigError, match="adaptive"):
-        sgm.log_likelihood(MIXTURE.score(sde), sde, x, solver="euler")
+        sgm.StepControl(solver="euler")
 
 
 def test_prior_term_is_not_negligible_for_vp():
@@ -146,8 +147,9 @@ def test_hutchinson_agrees_with_exact_in_expectation(probe, product):
     n = 96
     x = jnp.repeat(x0, n, axis=0)
     exact, _ = sgm.log_likelihood(gm.score(sde), sde, x[:1], rtol=1e-4, atol=1e-4)
-    est, info = sgm.log_likelihood(gm.score(sde), sde, x, key=jax.random.key(1), exact=False,
-                                   probe=probe, hutchinson=product, rtol=1e-4, atol=1e-4)
+    hutchinson = sgm.Hutchinson(probe=probe, product=product)
+    est, info = sgm.log_likelihood(gm.score(sde), sde, x, key=jax.random.key(1), rtol=1e-4,
+                                   atol=1e-4, divergence=hutchinson)
     se = float(est.std()) / math.sqrt(n)
     assert float(est.std()) > 0.05  # a real estimator with real variance
     assert abs(float(est.mean()) - float(exact[0])) < 4 * se
@@ -162,8 +164,8 @@ def test_exact_divergence_chunking_matches_dense():
     gm = sgm.GaussianMixture([0.5, 0.5], jnp.stack([jnp.linspace(-1, 1, 10), jnp.zeros(10)]),
                              [0.3, 0.9])
     x = gm.sample(jax.random.key(0), 2)
-    a, _ = sgm.log_likelihood(gm.score(sde), sde, x, chunk=3)
-    b, _ = sgm.log_likelihood(gm.score(sde), sde, x, chunk=64)
+    a, _ = sgm.log_likelihood(gm.score(sde), sde, x, divergence=sgm.Exact(chunk=3))
+    b, _ = sgm.log_likelihood(gm.score(sde), sde, x, divergence=sgm.Exact(chunk=64))
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
@@ -205,7 +207,8 @@ def test_counted_score_evaluations_match_reported_nfe():
     for solver, stepping, rtol in cases:
         calls.clear()
         lp, info = sgm.log_likelihood(score, sde, gm.sample(jax.random.key(2), 1), rtol=rtol,
-                                      atol=rtol, solver=solver, stepping=stepping)
+                                      atol=rtol,
+                                      control=sgm.StepControl(solver=solver, stepping=stepping))
         jax.block_until_ready(lp)
         assert len(calls) == int(info["nfe"]), (solver, stepping, rtol)
 

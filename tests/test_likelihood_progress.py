@@ -25,11 +25,12 @@ def _solve(sde, x, **options):
 def test_meter_shows_the_solve_and_changes_nothing(capsys, stepping, exact):
     sde = sgm.VPSDE()
     x = GAUSS.sample(jax.random.key(0), 4)
-    quiet, nfe = _solve(sde, x, stepping=stepping, exact=exact)
+    quiet, nfe = _solve(sde, x, control=sgm.StepControl(stepping=stepping), exact=exact)
     out = capsys.readouterr()
     assert out.out == "" and out.err == "", "the library printed without being asked"
-    shown, nfe_shown = _solve(sde, x, stepping=stepping, exact=exact,
-                              progress_meter=diffrax.TqdmProgressMeter(refresh_steps=1))
+    meter = diffrax.TqdmProgressMeter(refresh_steps=1)
+    shown, nfe_shown = _solve(sde, x, exact=exact,
+                              control=sgm.StepControl(stepping=stepping, progress_meter=meter))
     np.testing.assert_array_equal(shown, quiet)
     assert nfe_shown == nfe
     assert "100.00%" in capsys.readouterr().err  # tqdm's bar, filled when the solve ends
@@ -45,8 +46,9 @@ def test_heldout_likelihood_threads_the_meter(capsys):
     jax.effects_barrier()
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+    control = sgm.StepControl(progress_meter=diffrax.TqdmProgressMeter())
     shown = evaluate.heldout_likelihood(model, pre, x, {}, key=jax.random.key(3), batch=3,
-                                        progress_meter=diffrax.TqdmProgressMeter())
+                                        control=control)
     jax.effects_barrier()
     assert shown["nll"] == quiet["nll"]
     assert capsys.readouterr().err.count("100.00%") >= 2  # one bar for each of the two batches

@@ -45,7 +45,8 @@ def test_em_error_shrinks_with_steps():
 
 
 @pytest.mark.parametrize("method,kw,expected", [
-    ("em", {"steps": 20}, 21), ("em", {"steps": 20, "denoise": False}, 20),
+    ("em", {"steps": 20}, 21),
+    ("em", {"steps": 20, "settings": sgm.SamplerSettings(denoise=False)}, 20),
     ("ode", {"solver": "heun", "steps": 10}, 20), ("ode", {"solver": "euler", "steps": 7}, 7),
     ("ode", {}, None), ("pc", {"steps": 10}, 11),
     ("pc", {"steps": 10, "corrector_steps": 1}, 21), ("pc", {"steps": 5, "corrector_steps": 2}, 16),
@@ -77,15 +78,16 @@ def test_pc_default_is_not_biased_on_vp():
 def test_clip_and_path_and_progress():
     sde = sgm.VPSDE()
     seen = []
+    settings = sgm.SamplerSettings(clip=(-1.0, 1.0), return_path=True,
+                                   progress=lambda done, total: seen.append((done, total)))
     x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=64, method="ddim",
-                         steps=10, clip=(-1.0, 1.0), return_path=True,
-                         progress=lambda done, total: seen.append((done, total)))
+                         steps=10, settings=settings)
     jax.block_until_ready(x)
     assert float(jnp.abs(x).max()) <= 1.0
     assert info["path"].shape == (11, 64, 2) and info["path_t"].shape == (11,)
     assert len(seen) == 10 and seen[-1] == (10.0, 10)
     x, info = sgm.sample(GM.score(sde), sde, (2,), key=jax.random.key(0), num=8, method="em",
-                         steps=50, return_path=True)
+                         steps=50, settings=sgm.SamplerSettings(return_path=True))
     assert info["path"].shape == (51, 8, 2)
 
 
@@ -98,7 +100,8 @@ def test_ddim_eta0_is_deterministic_given_prior():
 
 @pytest.mark.parametrize("bad,match", [
     ({"method": "rk4"}, "sampling method"), ({"steps": 0}, "steps"),
-    ({"method": "ode", "solver": "rk9"}, "ODE solver"), ({"t_end": 2.0}, "t_end"),
+    ({"method": "ode", "solver": "rk9"}, "ODE solver"),
+    ({"settings": sgm.SamplerSettings(t_end=2.0)}, "t_end"),
 ])
 def test_bad_options_are_rejected(bad, match):
     with pytest.raises(sgm.ConfigError, match=match):

@@ -96,7 +96,7 @@ def test_every_option_is_a_field_with_the_librarys_default(method, option):
 def test_defaults_leave_every_option_to_the_library(method):
     opts = build.sample_options(load(f"sample.method={method}", "sample.steps=7"))
     steps = None if method == "ode" else 7
-    assert opts == {"method": method, "steps": steps, "t_end": None}
+    assert opts == {"method": method, "steps": steps, "settings": sgm.SamplerSettings()}
 
 
 @pytest.mark.parametrize("method", samplers.METHODS)

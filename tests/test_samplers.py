@@ -107,7 +107,7 @@ def _errors(method, options, steps, kind):
         ref = exact_flow(x1, denoise)
         for n in steps:
             x, _ = sgm.sample(SCORE, SDE, (3,), key=key, num=num, method=method, steps=n,
-                              t_end=T_END, **options)
+                              settings=sgm.SamplerSettings(t_end=T_END), **options)
             errs.append(float(jnp.sqrt(jnp.mean((x - ref) ** 2))))
         return errs
     assert denoise, "the weak reference is the denoised output"
@@ -116,8 +116,8 @@ def _errors(method, options, steps, kind):
     # Monte-Carlo variance of the relative errors below: 1/m per mean, ~1/(2m) per std.
     noise2 = 3 * (1.0 / m + 0.5 / m)
     for n in steps:
-        x, _ = sgm.sample(SCORE, SDE, (3,), key=key, num=m, method=method, steps=n, t_end=T_END,
-                          **options)
+        x, _ = sgm.sample(SCORE, SDE, (3,), key=key, num=m, method=method, steps=n,
+                          settings=sgm.SamplerSettings(t_end=T_END), **options)
         e2 = jnp.sum(((x.mean(0) - mean) / std) ** 2) + jnp.sum((x.std(0) / std - 1) ** 2)
         errs.append(float(jnp.sqrt(jnp.maximum(e2 - noise2, 1e-12))))
     return errs
@@ -156,7 +156,8 @@ def test_nfe_is_declared_and_counted(method, kw):
     kw = dict(kw)
     denoise = kw.pop("denoise", None)
     steps = None if entry.default_steps is None else 3
-    reported, counted = count_score_calls(sgm.VPSDE(), method, steps=steps, denoise=denoise, **kw)
+    reported, counted = count_score_calls(sgm.VPSDE(), method, steps=steps,
+                                          settings=sgm.SamplerSettings(denoise=denoise), **kw)
     assert reported == counted
     declared = entry.nfe(steps, denoise=denoise, sde=sgm.VPSDE(), **kw)
     if method == "ode" and kw.get("solver", "tsit5") in ("tsit5", "dopri5"):
@@ -221,10 +222,10 @@ def test_denoise_on_methods_that_end_on_x0(method):
     """denoise=True is a no-op for them (they end on Tweedie's x_0); denoise=False is refused."""
     kw = {"key": jax.random.key(0), "num": 8, "method": method, "steps": 4}
     a, _ = sgm.sample(SCORE, SDE, (3,), **kw)
-    b, _ = sgm.sample(SCORE, SDE, (3,), denoise=True, **kw)
+    b, _ = sgm.sample(SCORE, SDE, (3,), settings=sgm.SamplerSettings(denoise=True), **kw)
     np.testing.assert_array_equal(a, b)
     with pytest.raises(sgm.ConfigError, match=f"{method!r} always ends on Tweedie"):
-        sgm.sample(SCORE, SDE, (3,), denoise=False, **kw)
+        sgm.sample(SCORE, SDE, (3,), settings=sgm.SamplerSettings(denoise=False), **kw)
 
 
 @pytest.mark.parametrize("sde,expected", [(sgm.VPSDE(), 4), (sgm.SubVPSDE(), 4), (sgm.VESDE(), 7)])

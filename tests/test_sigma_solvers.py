@@ -100,9 +100,10 @@ def test_reproduces_mixture_in_few_evaluations(name, method, kw, std_tol):
 def test_churn_path_and_progress():
     """Stochastic Heun (EDM Algorithm 2) still reproduces the mixture; path and progress line up."""
     sde, seen = SDES3["vp"], []
+    settings = sgm.SamplerSettings(return_path=True,
+                                   progress=lambda done, total: seen.append((done, total)))
     x, info = sgm.sample(GM_SCORES["vp"], sde, (2,), key=jax.random.key(1), num=4000, method="heun",
-                         steps=40, s_churn=20.0, s_tmin=0.05, s_tmax=10.0, return_path=True,
-                         progress=lambda done, total: seen.append((done, total)))
+                         steps=40, s_churn=20.0, s_tmin=0.05, s_tmax=10.0, settings=settings)
     jax.block_until_ready(x)
     assert_reproduces_mixture(x, std_tol=0.05)
     assert info["path"].shape == (41, 4000, 2) and info["path_t"].shape == (41,)
@@ -189,9 +190,10 @@ def test_multistep_reproduces_mixture(name, method):
 
 def test_unipc_path_progress_and_options():
     sde, seen = SDES3["ve"], []
+    settings = sgm.SamplerSettings(return_path=True,
+                                   progress=lambda done, total: seen.append((done, total)))
     x, info = sgm.sample(GM_SCORES["ve"], sde, (2,), key=jax.random.key(1), num=32, method="unipc",
-                         steps=6, return_path=True,
-                         progress=lambda done, total: seen.append((done, total)))
+                         steps=6, settings=settings)
     jax.block_until_ready(x)
     assert info["path"].shape == (7, 32, 2) and info["path_t"].shape == (7,)
     np.testing.assert_array_equal(info["path"][-1], x)
@@ -199,7 +201,7 @@ def test_unipc_path_progress_and_options():
                                rtol=1e-5)
     assert max(seen) == (6.0, 6)
     x, info = sgm.sample(GM_SCORES["ve"], sde, (2,), key=jax.random.key(1), num=4, method="unipc",
-                         steps=1, return_path=True)
+                         steps=1, settings=settings._replace(progress=None))
     assert info["path"].shape == (2, 4, 2) and int(info["nfe"]) == 1
     for bad, match in (({"order": 4}, "order"), ({"variant": "bh3"}, "variant")):
         with pytest.raises(sgm.ConfigError, match=match):

@@ -259,13 +259,14 @@ def test_sampling_and_likelihood_progress(capsys):
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
     seen = []
-    x, _ = sgm.sample(score, sde, (2,), key=key, num=4, method="ddim", steps=6,
-                      progress=lambda done, total: seen.append((done, total)))
+    settings = sgm.SamplerSettings(progress=lambda done, total: seen.append((done, total)))
+    x, _ = sgm.sample(score, sde, (2,), key=key, num=4, method="ddim", steps=6, settings=settings)
     jax.block_until_ready(x)
     jax.effects_barrier()
     assert max(seen) == (6, 6)
     with track.Bar("sample", unit="step") as bar:
-        x, _ = sgm.sample(score, sde, (2,), key=key, num=4, method="ddim", steps=6, progress=bar)
+        x, _ = sgm.sample(score, sde, (2,), key=key, num=4, method="ddim", steps=6,
+                          settings=sgm.SamplerSettings(progress=bar))
         jax.block_until_ready(x)
         jax.effects_barrier()
         assert (bar.bar.n, bar.bar.total) == (6, 6)
