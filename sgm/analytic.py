@@ -136,7 +136,7 @@ class GaussianMixture(eqx.Module):
         return self.means[comp] + self.stds[comp] * eps
 
 
-# ---------------------------------------------------------------- a yardstick for samples of a mixture
+# ------------------------------------------------------------ a yardstick for samples of a mixture
 
 
 def mixture_report(gm: GaussianMixture, x, *, entropy: float | None = None) -> dict:

@@ -585,14 +585,17 @@ class Experiment:
         solves (`sgm.tune_grid`, `SEARCH_WARMUP` draws with the sample conditions; `options`:
         the method's own options, e.g. unipc's order). With `cache_dir` the levels are kept in
         `cache_dir/grid-tuned-<method>-<steps>-<t_end>-g<guidance>-<weights>-<key>.npz`, the key
-        covering the search's and the method's options (`_grid_cache`), and read back for the
-        same key: a run tunes once per method, options and step count. A cache that is damaged
+        covering the search's and the method's options and the tuning's settings (`Tuning`,
+        its loss included; `_grid_cache`), and read back for the same key: a run tunes once per
+        method, options and step count. A cache that is damaged
         or holds no valid levels (`_read_grid`) is tuned again and replaced."""
         s = self.cfg.sample
         own = {k: v for k, v in (options or {}).items() if k != "grid"}  # the levels are tuned
+        tuning = Tuning(num=SEARCH_WARMUP)
         cache, key = self._grid_cache(model, cache_dir, f"grid-tuned-{method}-{steps}", t_end,
                                       candidates=max(SEARCH_CANDIDATES, steps), method=method,
-                                      steps=steps, options=own)
+                                      steps=steps, options=own,
+                                      tuning=dataclasses.asdict(tuning))
         kept = self._read_grid(cache, key, model.sde, t_end, steps)
         if kept is not None:
             return tuple(float(v) for v in kept["levels"])
@@ -601,7 +604,7 @@ class Experiment:
         try:
             levels = tune_grid(self.sampling_score(model), model.sde, self.ds.shape, start,
                                key=jax.random.fold_in(jax.random.key(s.seed), 8), method=method,
-                               tuning=Tuning(num=SEARCH_WARMUP), t_end=t_end, cond=self.cond(raw),
+                               tuning=tuning, t_end=t_end, cond=self.cond(raw),
                                clip=self.preprocess.clip, options=own)
         except NumericalError:
             raise NumericalError(f"the trajectories that tune {method}'s levels are not finite; "

@@ -125,7 +125,7 @@ class SampleConfig:
     #                 "tuned": searched, then fitted to the method by gradient (sgm.tune_grid)
     corrector_steps: int | None = None  # pc: Langevin steps per step; none: 1 on VE, 0 on VP/SubVP
     variance: str = "posterior"  # ddpm: "posterior" (Ho et al.'s beta-tilde) or "forward" (beta)
-    solver: str = "tsit5"  # ode: adaptive tsit5, dopri5, dopri8; fixed-step euler, heun, midpoint
+    solver: str = "tsit5"  # ode: adaptive tsit5, dopri5, dopri8, bosh3; fixed euler, heun, midpoint
     rtol: float = 1e-5  # ode, adaptive solvers: the PID step control's relative tolerance,
     atol: float = 1e-5  # ... its absolute tolerance,
     max_steps: int = 16384  # ... the most steps one solve may take,
@@ -151,7 +151,7 @@ class LikelihoodConfig:
     dequant: str = "uniform"  # dequantisation density q: "uniform" or "tn" (truncated normal)
     batch: int = 250
     seed: int = 2
-    solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8
+    solver: str = "auto"  # dopri5 for VP/SubVP, tsit5 for VE; or tsit5, dopri5, dopri8, bosh3
     stepping: str = "batch"  # shared steps for each batch, or "point": each point its own
     error_norm: str = "point"  # shared steps: every point within tolerance, or "batch": their RMS
     solver_check: float = 0.1  # this fraction of the points again at rtol/10, atol/10: the error bar

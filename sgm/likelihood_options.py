@@ -88,8 +88,8 @@ class StepControl:
     """How and where the likelihood's ODE is solved, beside its tolerances rtol and atol.
 
     Arguments:
-        solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", or "auto" (the default):
-            Dopri5 for VP and SubVP, Tsit5 for VE (whose flow grows like sigma(t)) and for SubVP
+        solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", "bosh3" (third order,
+            3 evaluations a step), or "auto" (the default): Dopri5 for VP and SubVP, Tsit5 for VE (whose flow grows like sigma(t)) and for SubVP
             on a learned schedule. See `docs/results/defaults.md` for the measurements behind
             this default.
         clock: the time variable of the solve, "t", "logt" or "logsnr" (log sigma(t)). The

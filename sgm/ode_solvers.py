@@ -33,6 +33,7 @@ ODE_SOLVERS: dict[str, OdeSolver] = {
     "tsit5": OdeSolver(diffrax.Tsit5, True, 6),
     "dopri5": OdeSolver(diffrax.Dopri5, True, 6),
     "dopri8": OdeSolver(diffrax.Dopri8, True, 13),
+    "bosh3": OdeSolver(diffrax.Bosh3, True, 3),
     "euler": OdeSolver(diffrax.Euler, False, 1),
     "heun": OdeSolver(diffrax.Heun, False, 2),
     "midpoint": OdeSolver(diffrax.Midpoint, False, 2),

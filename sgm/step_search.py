@@ -212,7 +212,7 @@ def _distance(x, ref, loss: str):
     sq = jnp.mean(jnp.square(x - ref).reshape(x.shape[0], -1), axis=1)
     if loss == "squared":
         return jnp.mean(sq)
-    return jnp.mean(jnp.sqrt(sq + jnp.finfo(sq.dtype).tiny))
+    return jnp.mean(jnp.sqrt(sq + 1e-20))  # the offset keeps the gradient finite at 0
 
 
 def sliced_w2(x, y, key, directions: int = 64):
@@ -245,8 +245,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
        default the mean of each draw's RMS distance, which a few draws that land in another
        mode than their x* cannot dominate as they do the mean squared distance), each on
        `batch` draws picked at random, with gradients through the sampler and the score;
-    3. the result replaces `levels` only if, on the `held_out` draws that were not fitted, it
-       is both closer to their x* and no farther from their distribution: the sliced
+    3. the result replaces `levels` only if, on the `held_out` draws that were not fitted, its
+       samples are finite, closer to their x* and no farther from their distribution: the sliced
        Wasserstein-2 distance between its samples and the x* (64 directions) must not grow.
        A distance between pairs is lowered by samples pulled towards their mean, which narrows
        the distribution; the second test refuses that.
@@ -349,9 +349,9 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     judged = part((x1, ref, cond), fitted, num) if held else (x1, ref, cond)
     before = [float(v) for v in judge(logits0, score, *judged)]
     after = [float(v) for v in judge(logits, score, *judged)]
-    if not np.all(np.isfinite(before + after)):
+    if not np.all(np.isfinite(before)):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
-    if after[0] >= before[0] or after[1] > before[1]:
-        return tuple(float(s) for s in start)
+    if not np.all(np.isfinite(after)) or after[0] >= before[0] or after[1] > before[1]:
+        return tuple(float(s) for s in start)  # not better, or levels the sampler cannot take
     tuned = np.asarray(levels_of(logits), np.float64)
     return tuple(float(s) for s in tuned)

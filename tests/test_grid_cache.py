@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+import sgm
 from sgm import build, run
 from sgm.errors import NumericalError
 
@@ -264,7 +265,10 @@ def test_the_cache_key_covers_the_methods_options_and_the_search(ipndm_experimen
     assert tunes == [("tune", "unipc", 5, {"order": 1}), ("tune", "unipc", 5, {"order": 3})]
     assert len(list(tmp_path.glob("grid-tuned-unipc-5-*.npz"))) == 2
     with np.load(next(tmp_path.glob("grid-tuned-unipc-5-*.npz"))) as f:
-        assert json.loads(str(f["key"]))["options"]["order"] in (1, 3)
+        key = json.loads(str(f["key"]))
+        assert key["options"]["order"] in (1, 3)
+        assert key["tuning"] == dataclasses.asdict(sgm.Tuning(num=build.SEARCH_WARMUP))
+        assert key["tuning"]["loss"] == "rms"  # levels fitted another way are tuned again
     searches = lambda: [c for c in small_search if c[0] == "search"]  # noqa: E731
     assert len(searches()) == 1
     monkeypatch.setattr(build, "SEARCH_WARMUP", 8)
