@@ -73,7 +73,8 @@ def test_clock_and_stepping_give_the_closed_form(name):
                 assert int(info["nfe"]) == steps[0] * 6 + 1
 
 
-@pytest.mark.parametrize("name", list(SDES3))
+@pytest.mark.parametrize("name", [n if n == "vp" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in SDES3])
 def test_the_third_order_solver_gives_the_closed_form(name):
     """Bosh3 (3 evaluations a step) reaches the mixture's exact log-density at rtol = atol = 1e-5
     within 1e-5 nats per dimension on average, every point within 5e-5."""

@@ -39,7 +39,7 @@ SMALL = ["model.width=16", "model.depth=1", "data.n_train=256", "data.n_test=64"
     (lambda: sgm.Hutchinson(product="fwd"), "^unknown Hutchinson product 'fwd'; expected 'jvp' "
                                             "or 'vjp'"),
     (lambda: sgm.StepControl(solver="rk4"), r"^likelihood solver must be 'auto' or an adaptive "
-                                            r"one \(tsit5, dopri5, dopri8\), got 'rk4'"),
+                                            r"one \(tsit5, dopri5, dopri8, bosh3\), got 'rk4'"),
     (lambda: sgm.StepControl(solver="euler"), "adaptive one"),
     (lambda: sgm.StepControl(clock="sigma"), "^unknown likelihood clock 'sigma'; expected one of "
                                              "auto, t, logt, logsnr"),
@@ -226,6 +226,7 @@ def test_the_config_fields_become_the_objects():
     assert build.sample_options(cfg)["settings"] == sgm.SamplerSettings(t_end=0.01)
 
 
+@pytest.mark.slow
 def test_a_configs_stepping_reaches_the_solve(monkeypatch):
     """likelihood.stepping=point, through `Experiment.heldout_likelihood` (what the command's
     likelihood phase calls), reaches the solve; so do the config's other likelihood fields."""

@@ -312,6 +312,7 @@ def test_tuning_refuses_an_unknown_loss_and_keeps_draws_out():
         sgm.Tuning(num=8, held_out=8)
 
 
+@pytest.mark.slow
 def test_levels_the_sampler_cannot_take_are_refused_not_raised():
     """UniPC's fit of 50 levels on VE diverges (measured: its samples on the fitted levels are not
     finite, where the search's levels give finite ones): tune_grid gives back levels the sampler
