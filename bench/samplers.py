@@ -62,6 +62,7 @@ import sgm
 import sgm.step_search
 from sgm.analytic import mixture_entropy, mixture_report
 from sgm.data.toy import eight_gaussians_mixture
+from sgm.step_search import sliced_w2, unit_directions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "samplers.json"
 SDES = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "subvp": sgm.SubVPSDE}
@@ -108,19 +109,13 @@ def true_moments(gm):
     return mean, jnp.sqrt(var)
 
 
-def sliced_w2(x, y, dirs):
-    """Sliced Wasserstein-2 between equal-size sets x, y (n, D) along unit directions (D, L)."""
-    px, py = jnp.sort(x @ dirs, axis=0), jnp.sort(y @ dirs, axis=0)
-    return float(jnp.sqrt(jnp.mean((px - py) ** 2)))
-
-
 def metrics(x, exact, dirs, mean, std, gm, entropy):
     mix = mixture_report(gm, x, entropy=entropy)
     out = {"w": mix["weight_error"], "spr": mix["spread_error"], "xent": mix["xent_gap"],
            "xent_se": mix["xent_se"], "spreads": mix["spreads"]}
     if not bool(jnp.all(jnp.isfinite(x))):
         return {"sw": math.inf, "mean": math.inf, "std": math.inf, **out}
-    return {"sw": sliced_w2(x, exact, dirs),
+    return {"sw": float(sliced_w2(x, exact, dirs)),
             "mean": float(jnp.sqrt(jnp.mean(((x.mean(0) - mean) / std) ** 2))),
             "std": float(jnp.sqrt(jnp.mean((x.std(0) / std - 1.0) ** 2))), **out}
 
@@ -159,8 +154,7 @@ def run_problem(name, gm, sde, n, runs, n_dirs, log):
     dim = gm.dim
     k_exact, k_floor, k_dirs = jax.random.split(jax.random.key(1), 3)
     exact = gm.sample(k_exact, n)
-    dirs = jax.random.normal(k_dirs, (dim, n_dirs))
-    dirs = dirs / jnp.linalg.norm(dirs, axis=0)
+    dirs = unit_directions(k_dirs, dim, n_dirs)
     mean, std = true_moments(gm)
     score = gm.score(sde)
     entropy = mixture_entropy(gm, key=jax.random.key(5))

@@ -28,3 +28,10 @@ class CorruptCheckpointError(CheckpointError):
 class NumericalError(SGMError, FloatingPointError):
     """A computation produced a NaN or inf (training), or a solver could not meet its tolerance
     within its step limit."""
+
+
+def check_choice(what: str, value, choices) -> None:
+    """A ConfigError "unknown <what> <value>; expected one of <choices>" unless `value` is one of
+    `choices` (the one message every option with a fixed set of names gives)."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")

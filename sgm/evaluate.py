@@ -21,7 +21,7 @@ import numpy as np
 from . import parallel
 from .data import Preprocess
 from .data.transforms import DEQUANTS
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .likelihood import (DEQUANT_BOUNDS, StepControl, bits_per_dim, combine_dequantised,
                          log_likelihood)
 from .ode_solvers import check_count, check_number
@@ -86,12 +86,8 @@ class Dequantisation:
     std: float | None = None
 
     def __post_init__(self):
-        if self.kind not in DEQUANTS:
-            raise ConfigError(f"unknown dequantisation {self.kind!r}; expected one of "
-                              f"{', '.join(DEQUANTS)}.")
-        if self.bound not in DEQUANT_BOUNDS:
-            raise ConfigError(f"unknown dequantisation bound {self.bound!r}; expected one of "
-                              f"{', '.join(DEQUANT_BOUNDS)}")
+        check_choice("dequantisation", self.kind, DEQUANTS)
+        check_choice("dequantisation bound", self.bound, DEQUANT_BOUNDS)
         samples = check_count("the dequantisation's samples", self.samples)
         object.__setattr__(self, "samples", samples)
         if self.std is not None:

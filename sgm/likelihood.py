@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data.transforms import discrete_log_det
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, check_choice
 from .likelihood_options import CLOCKS, ERROR_NORMS, SOLVERS, Exact, Hutchinson, StepControl
 from .ode_solvers import (STEPPING, check_count, check_number, check_solved, check_tolerances,
                           failure, largest_point_rms, ode_solver)
@@ -334,9 +334,7 @@ def combine_dequantised(logp, bound: str = "mean"):
       a K-sample mean). Exact for the exact trace; with Hutchinson's noisy log-densities the
       log-mean-exp is biased upwards and is no longer guaranteed to be a bound.
     """
-    if bound not in DEQUANT_BOUNDS:
-        raise ConfigError(f"unknown dequantisation bound {bound!r}; expected one of "
-                          f"{', '.join(DEQUANT_BOUNDS)}")
+    check_choice("dequantisation bound", bound, DEQUANT_BOUNDS)
     logp = jnp.asarray(logp)
     if bound == "mean":
         return logp.mean(0)

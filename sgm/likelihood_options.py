@@ -20,7 +20,7 @@ import dataclasses
 import diffrax
 import jax
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .ode_solvers import ADAPTIVE, STEPPING, check_count, check_number
 
 #: the likelihood's solvers: "auto" (Dopri5 for VP/SubVP, Tsit5 for VE) or an adaptive one
@@ -73,12 +73,8 @@ class Hutchinson:
     product: str = "jvp"
 
     def __post_init__(self):
-        if self.probe not in PROBES:
-            raise ConfigError(f"unknown Hutchinson probe {self.probe!r}; expected 'rademacher' or "
-                              f"'gaussian'")
-        if self.product not in PRODUCTS:
-            raise ConfigError(f"unknown Hutchinson product {self.product!r}; expected 'jvp' or "
-                              f"'vjp'")
+        check_choice("Hutchinson probe", self.probe, PROBES)
+        check_choice("Hutchinson product", self.product, PRODUCTS)
         object.__setattr__(self, "probes",
                            check_count("the number of Hutchinson probes", self.probes))
 
@@ -89,8 +85,8 @@ class StepControl:
 
     Arguments:
         solver: adaptive diffrax solver: "tsit5", "dopri5", "dopri8", "bosh3" (third order,
-            3 evaluations a step), or "auto" (the default): Dopri5 for VP and SubVP, Tsit5 for VE (whose flow grows like sigma(t)) and for SubVP
-            on a learned schedule. See `docs/results/defaults.md` for the measurements behind
+            3 evaluations a step), or "auto" (the default): Dopri5 for VP and SubVP, Tsit5 for
+            VE (whose flow grows like sigma(t)) and for SubVP on a learned schedule. See `docs/results/defaults.md` for the measurements behind
             this default.
         clock: the time variable of the solve, "t", "logt" or "logsnr" (log sigma(t)). The
             integral is the same; the number of steps is not. "auto" (the default) is "logsnr"
@@ -140,15 +136,9 @@ class StepControl:
         if self.solver not in SOLVERS:
             raise ConfigError(f"likelihood solver must be 'auto' or an adaptive one "
                               f"({', '.join(SOLVERS[1:])}), got {self.solver!r}")
-        if self.clock not in CLOCKS:
-            raise ConfigError(f"unknown likelihood clock {self.clock!r}; expected one of "
-                              f"{', '.join(CLOCKS)}")
-        if self.stepping not in STEPPING:
-            raise ConfigError(f"unknown likelihood stepping {self.stepping!r}; expected one of "
-                              f"{', '.join(STEPPING)}")
-        if self.error_norm not in ERROR_NORMS:
-            raise ConfigError(f"unknown likelihood error norm {self.error_norm!r}; expected one "
-                              f"of {', '.join(ERROR_NORMS)}")
+        check_choice("likelihood clock", self.clock, CLOCKS)
+        check_choice("likelihood stepping", self.stepping, STEPPING)
+        check_choice("likelihood error norm", self.error_norm, ERROR_NORMS)
         object.__setattr__(self, "max_steps",
                            check_count("the likelihood's max_steps", self.max_steps))
         check_number("the PID controller's pcoeff", self.pcoeff)

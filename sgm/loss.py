@@ -30,17 +30,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .sde import AbstractSDE, LearnedSchedule
 
 WEIGHTINGS = ("sigma2", "likelihood")
 TIME_SAMPLINGS = ("uniform", "stratified")
 REDUCTIONS = ("mean", "sum")
-
-
-def _choose(name: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
 class ImportanceTimeSampler(eqx.Module):
@@ -106,9 +101,9 @@ def dsm_loss_per_sample(model, sde: AbstractSDE, x0, *, key, cond=None, weightin
 def _draws(sde, x0, key, cond, options):
     """The random parts of `dsm_loss_per_sample`: per-sample (t, x0, eps, cond, dropout key), and
     the importance factor 1 / ((t1 - t0) q(t)) (B,) that turns each term into the estimate."""
-    _choose("loss weighting", options["weighting"], WEIGHTINGS)
-    _choose("time sampling", options["time_sampling"], TIME_SAMPLINGS)
-    _choose("loss reduction", options["reduce"], REDUCTIONS)
+    check_choice("loss weighting", options["weighting"], WEIGHTINGS)
+    check_choice("time sampling", options["time_sampling"], TIME_SAMPLINGS)
+    check_choice("loss reduction", options["reduce"], REDUCTIONS)
     t0 = sde.t0 if options["t0"] is None else options["t0"]
     t1 = sde.t1
     n = x0.shape[0]

@@ -20,7 +20,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from .errors import ConfigError, NumericalError
+from .errors import ConfigError, NumericalError, check_choice
 
 
 class OdeSolver(NamedTuple):
@@ -89,8 +89,7 @@ def largest_point_rms(err) -> jax.Array:
 
 def ode_solver(name: str) -> OdeSolver:
     """The entry `name` of `ODE_SOLVERS`, or a ConfigError listing the valid names."""
-    if name not in ODE_SOLVERS:
-        raise ConfigError(f"unknown ODE solver {name!r}; expected one of {', '.join(ODE_SOLVERS)}")
+    check_choice("ODE solver", name, ODE_SOLVERS)
     return ODE_SOLVERS[name]
 
 

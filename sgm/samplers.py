@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from .errors import ConfigError, SGMError
+from .errors import ConfigError, SGMError, check_choice
 from .ode_solvers import (STEPPING, check_count, check_number, check_solved, check_tolerances,
                           failure, largest_point_rms, ode_solver)
 from .parallel import constrain
@@ -209,9 +209,7 @@ def _ode(bscore, sde, x1, key, run: SamplerSettings, *,
     steps, t_end, denoise, clip, progress, return_path = run
     make, adaptive, per_step = ode_solver(solver)
     check_tolerances(rtol, atol, max_steps, "the ode sampler")
-    if stepping not in STEPPING:
-        raise ConfigError(f"unknown ode stepping {stepping!r}; expected one of "
-                          f"{', '.join(STEPPING)}")
+    check_choice("ode stepping", stepping, STEPPING)
     t1 = sde.t1
     info = {}
 
@@ -575,9 +573,8 @@ def sample(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], *, key, nu
         of `shape` (with its conditions) to an array of that shape, or `cond` arrays without one
         condition per sample.
     """
-    entry = SAMPLERS.get(method)
-    if entry is None:
-        raise ConfigError(f"unknown sampling method {method!r}; expected one of {', '.join(METHODS)}")
+    check_choice("sampling method", method, METHODS)
+    entry = SAMPLERS[method]
     unknown = [name for name in options if name not in entry.options]
     if unknown:
         raise ConfigError(f"sampling method {method!r} does not take {', '.join(map(repr, unknown))}; "

@@ -27,7 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .errors import ConfigError
+from .errors import check_choice
 from .sde import AbstractSDE
 
 PREDICTIONS = ("eps", "score", "x0", "v", "edm")
@@ -57,12 +57,8 @@ class ScoreModel(eqx.Module):
     dtype: str = eqx.field(static=True, default="float32")
 
     def __check_init__(self):
-        if self.prediction not in PREDICTIONS:
-            raise ConfigError(f"unknown score parameterisation {self.prediction!r}; expected one of "
-                              f"{', '.join(PREDICTIONS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown compute dtype {self.dtype!r}; expected one of "
-                              f"{', '.join(DTYPES)}")
+        check_choice("score parameterisation", self.prediction, PREDICTIONS)
+        check_choice("compute dtype", self.dtype, DTYPES)
 
     def _net(self, t, x_in, kw):
         """The backbone at `x_in`, computed in `self.dtype`, returned in the dtype of `x_in`."""

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .ode_solvers import check_number
 from .score import tweedie_x0
 from .sampler_settings import SamplerSettings
@@ -70,8 +70,7 @@ def sigma_grid(sde: AbstractSDE, t_end, n: int, grid: str = "karras", rho: float
             raise ConfigError(f"a grid of noise levels must be {n} decreasing positive numbers "
                               f"(one per step), got {tuple(np.round(levels, 6).tolist())}")
         return jnp.asarray(levels, jnp.result_type(float))
-    if grid not in GRIDS:
-        raise ConfigError(f"unknown noise-level grid {grid!r}; expected one of {', '.join(GRIDS)}")
+    check_choice("noise-level grid", grid, GRIDS)
     if grid == "karras":
         check_number("the karras grid's rho", rho, positive=True)
     s_max, s_min = sde.noise_level(sde.t1), sde.noise_level(t_end)
@@ -375,9 +374,7 @@ def multistep(bscore, sde, x1, run: SamplerSettings, *, grid, rho, order, correc
     steps, t_end, _, clip, progress, return_path = run
     if order not in (1, 2, 3):
         raise ConfigError(f"the multistep order must be 1, 2 or 3, got {order!r}")
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown UniPC variant {variant!r}; expected one of "
-                          f"{', '.join(VARIANTS)}")
+    check_choice("UniPC variant", variant, VARIANTS)
     sig = sigma_grid(sde, t_end, steps, grid, rho)
     lam = -jnp.log(sig)
     m = steps - 1

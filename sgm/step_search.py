@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .errors import ConfigError, NumericalError
+from .errors import ConfigError, NumericalError, check_choice
 from .sampler_settings import SamplerSettings
 from .samplers import SAMPLERS, BatchedScore
 from .sde import AbstractSDE
@@ -200,9 +200,7 @@ class Tuning:
                               f"reference_steps >= 2, got num={self.num}, held_out={held}, "
                               f"batch={batch}, iters={self.iters}, lr={self.lr}, "
                               f"reference_steps={self.reference_steps}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown tune_grid loss {self.loss!r}; expected one of "
-                              f"{', '.join(LOSSES)}")
+        check_choice("tune_grid loss", self.loss, LOSSES)
         object.__setattr__(self, "batch", batch)
         object.__setattr__(self, "held_out", held)
 
@@ -215,12 +213,17 @@ def _distance(x, ref, loss: str):
     return jnp.mean(jnp.sqrt(sq + 1e-20))  # the offset keeps the gradient finite at 0
 
 
-def sliced_w2(x, y, key, directions: int = 64):
-    """Sliced Wasserstein-2 distance between equal-size sample sets x, y (n, *shape) along
-    `directions` random unit directions (the same for every call with this key)."""
+def unit_directions(key, dim: int, count: int):
+    """`count` random unit vectors in `dim` dimensions, as the columns of a (dim, count) array."""
+    dirs = jax.random.normal(key, (dim, count))
+    return dirs / jnp.linalg.norm(dirs, axis=0)
+
+
+def sliced_w2(x, y, dirs):
+    """Sliced Wasserstein-2 distance between equal-size sample sets x, y (n, *shape) along the
+    unit directions `dirs` (D, L) (`unit_directions`): the root of the mean over directions of
+    the mean squared difference of the sorted projections."""
     x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
-    dirs = jax.random.normal(key, (x.shape[1], directions), x.dtype)
-    dirs = dirs / jnp.linalg.norm(dirs, axis=0)
     px, py = jnp.sort(x @ dirs, axis=0), jnp.sort(y @ dirs, axis=0)
     return jnp.sqrt(jnp.mean(jnp.square(px - py)))
 
@@ -309,7 +312,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         frac = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))])
         return jnp.exp(lo + (hi - lo) * frac).at[0].set(start[0]).at[-1].set(start[-1])
 
-    def samples(logits, score, x1, ref, cond):
+    def samples(logits, score, x1, cond):
         remat = jax.checkpoint(lambda t, x, c: score(t, x, **c))
         bscore = BatchedScore(lambda t, x, **c: remat(t, x, c), cond or None)
         run = SamplerSettings(start.size, t_end, True, clip, lambda *_: None, False)
@@ -317,12 +320,13 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         return x
 
     def distance(logits, score, x1, ref, cond):
-        return _distance(samples(logits, score, x1, ref, cond), ref, loss)
+        return _distance(samples(logits, score, x1, cond), ref, loss)
 
     opt = optax.adam(lr)
 
     fitted = num - held
     k_batch, k_dirs = jax.random.split(k_batch)
+    dirs = unit_directions(k_dirs, math.prod(shape), 64)
 
     @eqx.filter_jit
     def fit(logits, score, x1, ref, cond, key):
@@ -340,8 +344,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     @eqx.filter_jit
     def judge(logits, score, x1, ref, cond):
         """(distance, sliced W2 to the x*) of the levels on the held-out draws."""
-        x = samples(logits, score, x1, ref, cond)
-        return _distance(x, ref, loss), sliced_w2(x, ref, k_dirs)
+        x = samples(logits, score, x1, cond)
+        return _distance(x, ref, loss), sliced_w2(x, ref, dirs)
 
     logits0 = jnp.log(jnp.asarray(np.diff(np.log(start)) / (hi - lo), jnp.result_type(float)))
     part = lambda a, lo, hi: jax.tree_util.tree_map(lambda v: v[lo:hi], a)  # noqa: E731

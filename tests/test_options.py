@@ -35,9 +35,9 @@ SMALL = ["model.width=16", "model.depth=1", "data.n_train=256", "data.n_test=64"
                                        "integer, got 0"),
     (lambda: sgm.Hutchinson(probes=True), "probes must be a positive integer, got True"),
     (lambda: sgm.Hutchinson(probe="uniform"), "^unknown Hutchinson probe 'uniform'; expected "
-                                              "'rademacher' or 'gaussian'"),
-    (lambda: sgm.Hutchinson(product="fwd"), "^unknown Hutchinson product 'fwd'; expected 'jvp' "
-                                            "or 'vjp'"),
+                                              "one of rademacher, gaussian$"),
+    (lambda: sgm.Hutchinson(product="fwd"), "^unknown Hutchinson product 'fwd'; expected one of "
+                                            "jvp, vjp$"),
     (lambda: sgm.StepControl(solver="rk4"), r"^likelihood solver must be 'auto' or an adaptive "
                                             r"one \(tsit5, dopri5, dopri8, bosh3\), got 'rk4'"),
     (lambda: sgm.StepControl(solver="euler"), "adaptive one"),

@@ -21,7 +21,7 @@ import numpy as np
 from sgm.data import arrays, digits, files, grf, grf_superres, images, toy
 from sgm.data.loader import Batches, batch_at, epoch_permutation
 from sgm.data.transforms import Preprocess, discrete_log_det
-from sgm.errors import ConfigError, DataError
+from sgm.errors import ConfigError, DataError, check_choice
 
 __all__ = [
     "DATASETS",
@@ -335,9 +335,8 @@ def load(
         val_fraction: the part of the training examples set aside as the validation split
             (`split_validation`), unless the data bring their own (an array file's `x_val`).
     """
-    loader = DATASETS.get(name)
-    if loader is None:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}")
+    check_choice("dataset", name, tuple(DATASETS))
+    loader = DATASETS[name]
     ds = loader(name, root=root, n_train=n_train, n_test=n_test, image_size=image_size,
                 seed=seed)
     return ds if ds.val is not None else split_validation(ds, val_fraction)

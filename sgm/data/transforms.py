@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm.errors import ConfigError, DataError
+from sgm.errors import ConfigError, DataError, check_choice
 
 #: dequantisation densities q(u) on the unit bin (see the module docstring)
 DEQUANTS = ("uniform", "tn")
@@ -136,7 +136,7 @@ class Preprocess(eqx.Module):
                 raise ConfigError(f"truncated-normal dequantisation needs a std > 0 (in levels), got {std}.")
             u, log_q = truncated_normal_offsets(key, x.shape, std)
         else:
-            raise ConfigError(f"unknown dequantisation {dequant!r}; expected one of {', '.join(DEQUANTS)}.")
+            check_choice("dequantisation", dequant, DEQUANTS)
         return self.lo + (self.hi - self.lo) * (x.astype(jnp.float32) + u) / self.levels, log_q
 
     def inverse(self, x):
