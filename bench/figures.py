@@ -1,6 +1,7 @@
 """The project's analytic figures, drawn from closed-form scores and densities (no training).
 
     python bench/figures.py [--out figs] [--seed 0]
+    python bench/figures.py --runs runs/fashion_mnist_cpu runs/fashion_mnist_dit_cpu
 
 writes
     sde_paths.png         forward (Euler-Maruyama on dx = f dt + g dw) and reverse-SDE ("em")
@@ -9,7 +10,12 @@ writes
     analytic_samples.png  samples of the eight-Gaussians mixture from every sampler of each SDE,
                           driven by its exact score, beside exact draws; each panel states its NFE
                           and the mean exact log-density of its samples (-entropy for exact draws);
-    toys.png              the embedded 2-D toy datasets, and the two densities known in closed form.
+    toys.png              the embedded 2-D toy datasets, and the two densities known in closed form;
+
+and with `--runs`, only
+    fashion_mnist_unet_dit.png  the samples of trained class-conditional image runs side by side
+                          (eight per class, row i: class i), each titled with its network, its
+                          parameters and its offline quality scores (quality.json).
 
 About a minute of CPU time on two cores, most of it compiling the 21 solves.
 """
@@ -127,12 +133,57 @@ def fig_toys(out: Path, seed: int, num: int = 5000) -> Path:
                                          "densities known in closed form")
 
 
+def fig_runs(out: Path, runs: list[Path], per_class: int = 8) -> Path:
+    """Samples of finished class-conditional image runs side by side, row i: class i."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 5.6), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        with np.load(run / "samples.npz") as f:
+            x, labels = f["samples"], f["cond"]
+        classes = sorted(set(labels.tolist()))
+        rows = [x[labels == c][:per_class] for c in classes]
+        n = min(len(r) for r in rows)
+        grid = np.concatenate([np.concatenate(list(r[:n, 0]), axis=1) for r in rows], axis=0)
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        config = json.loads((run / "config.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
+        q = summary.get("quality", {})
+        model = config["model"]
+        name = (f"UNet, base {model['base']}" if model["net"] == "unet"
+                else f"DiT, {model['patch']}x{model['patch']} patches, width {model['width']}")
+        title = f"{name}\n{summary['steps']} steps, {summary['train_seconds'] / 60:.0f} min"
+        if q:
+            title += (f"; {q['sample_accuracy']:.0%} recognised, FD {q['frechet']:.1f} "
+                      f"(real {q['frechet_reference']:.1f}, N = {q['num_samples']})")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "fashion_mnist_unet_dit.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("figs"),
                         help="output folder (default figs)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--runs", type=Path, nargs="+", default=None,
+                        help="finished image runs: draw only their samples side by side")
     args = parser.parse_args(argv)
+    if args.runs:
+        path = fig_runs(args.out, args.runs)
+        print(f"{str(path):<32} {path.stat().st_size / 1024:7.1f} KB")
+        return
     key = jax.random.key(args.seed)
     k_paths, k_samples = jax.random.split(key)
     for make in (lambda: fig_sde_paths(args.out, k_paths),

@@ -8,6 +8,11 @@ FLOP/s with the rate this machine reaches on a large float32 matmul.
     python bench/nets.py [--batch 32] [--seconds 2]
     python bench/nets.py --unet-sizes --batch 64    # UNet sizes for 28x28 on a CPU (the choice
                                                     # behind configs/fashion_mnist_cpu.py)
+    python bench/nets.py --dit-sizes --batch 64     # the same for the DiT
+                                                    # (configs/fashion_mnist_dit_cpu.py)
+
+The main table ends with the two Fashion-MNIST recipes' networks as they train (class-conditional,
+28x28x1): "UNet-r" (configs/fashion_mnist_cpu.py) and "DiT-r" (configs/fashion_mnist_dit_cpu.py).
 
 Prints a table and writes bench/results/nets.json.
 """
@@ -40,15 +45,32 @@ UNET_SIZES = (
     dict(base=16, channel_mults=(1, 2, 4), num_res_blocks=1),
 )
 
+#: the class-conditional DiTs of `--dit-sizes` (28x28x1, ten classes)
+DIT_SIZES = (
+    dict(patch=2, width=128, depth=4, heads=4),
+    dict(patch=2, width=192, depth=6, heads=4),
+    dict(patch=4, width=192, depth=6, heads=4),
+    dict(patch=4, width=256, depth=6, heads=4),
+    dict(patch=4, width=256, depth=8, heads=4),
+    dict(patch=4, width=384, depth=6, heads=6),
+)
 
-def build(name: str, shape: tuple[int, int, int], key, **unet) -> eqx.Module:
+#: the Fashion-MNIST recipes' networks (configs/fashion_mnist_cpu.py, fashion_mnist_dit_cpu.py)
+RECIPES = {
+    "UNet-r": ("UNet", dict(base=16, channel_mults=(1, 2, 4), num_res_blocks=1, num_classes=10)),
+    "DiT-r": ("DiT", dict(patch=2, width=128, depth=4, heads=4, num_classes=10)),
+}
+
+
+def build(name: str, shape: tuple[int, int, int], key, **kw) -> eqx.Module:
     c, h, _ = shape
     if name == "MLP":
         return MLP(int(np.prod(shape)), width=256, depth=3, key=key)
     if name == "UNet":
-        kw = unet or dict(base=32, channel_mults=(1, 2, 2), num_res_blocks=1)
+        kw = kw or dict(base=32, channel_mults=(1, 2, 2), num_res_blocks=1)
         return UNet(c, h, key=key, **kw)
-    return DiT(c, h, patch=2, width=128, depth=4, heads=4, key=key)
+    kw = kw or dict(patch=2, width=128, depth=4, heads=4)
+    return DiT(c, h, key=key, **kw)
 
 
 def best_time(fn, seconds: float) -> float:
@@ -77,8 +99,8 @@ def matmul_rate(n: int = 2048, seconds: float = 2.0) -> float:
     return 2 * n**3 / best_time(lambda: dot(a, a), seconds)
 
 
-def bench_one(name: str, shape, batch: int, seconds: float, **unet) -> dict:
-    net = build(name, shape, jax.random.key(0), **unet)
+def bench_one(name: str, shape, batch: int, seconds: float, **kw) -> dict:
+    net = build(name, shape, jax.random.key(0), **kw)
     flat = name == "MLP"
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
@@ -86,7 +108,7 @@ def bench_one(name: str, shape, batch: int, seconds: float, **unet) -> dict:
     t = jnp.asarray(rng.uniform(1e-3, 1.0, batch), jnp.float32)
     params, static = eqx.partition(net, eqx.is_inexact_array)
 
-    labelled = unet.get("num_classes") is not None
+    labelled = kw.get("num_classes") is not None
 
     def loss(params, t, x):
         model = eqx.combine(params, static)
@@ -118,7 +140,7 @@ def bench_one(name: str, shape, batch: int, seconds: float, **unet) -> dict:
 def format_row(row: dict) -> str:
     flops = row["flops_per_sample"]
     cells = [
-        f"{row['net']:<5} {row['data']:<8} {row['params']:>9,} {row['compile_s']:>9.1f}",
+        f"{row['net']:<6} {row['data']:<8} {row['params']:>9,} {row['compile_s']:>9.1f}",
         f"{row['samples_per_s']:>10.1f}",
     ]
     if flops is None:
@@ -129,18 +151,26 @@ def format_row(row: dict) -> str:
     return " ".join(cells)
 
 
-def unet_sizes(args) -> None:
-    """Training throughput of the UNet sizes a 28x28 model on a CPU can afford."""
-    print(f"{'UNet':<34} {'params':>9} {'compile s':>9} {'samples/s':>10} {'steps/s':>8}")
+def sizes(args, name: str) -> None:
+    """Training throughput of the class-conditional UNets ("UNet": UNET_SIZES) or DiTs ("DiT":
+    DIT_SIZES) a 28x28 model on a CPU can afford; writes nets_<name>_sizes.json."""
+    print(f"{name:<34} {'params':>9} {'compile s':>9} {'samples/s':>10} {'steps/s':>8} "
+          f"{'GFLOP/s':>8}")
     rows = []
-    for kw in UNET_SIZES:
-        row = bench_one("UNet", SHAPES["28x28x1"], args.batch, args.seconds, num_classes=10, **kw)
-        row["unet"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+    for kw in UNET_SIZES if name == "UNet" else DIT_SIZES:
+        row = bench_one(name, SHAPES["28x28x1"], args.batch, args.seconds, num_classes=10, **kw)
+        row[name.lower()] = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
         rows.append(row)
-        label = f"base {kw['base']}, mults {kw['channel_mults']}, {kw['num_res_blocks']} block(s)"
+        if name == "UNet":
+            label = (f"base {kw['base']}, mults {kw['channel_mults']}, "
+                     f"{kw['num_res_blocks']} block(s)")
+        else:
+            label = (f"patch {kw['patch']}, width {kw['width']}, depth {kw['depth']}, "
+                     f"{kw['heads']} heads")
+        rate = "" if row["flop_per_s"] is None else f"{row['flop_per_s'] / 1e9:>8.1f}"
         print(f"{label:<34} {row['params']:>9,} {row['compile_s']:>9.1f} "
-              f"{row['samples_per_s']:>10.1f} {1 / row['step_s']:>8.2f}", flush=True)
-    out = Path(args.out).with_name("nets_unet_sizes.json")
+              f"{row['samples_per_s']:>10.1f} {1 / row['step_s']:>8.2f} {rate}", flush=True)
+    out = Path(args.out).with_name(f"nets_{name.lower()}_sizes.json")
     out.write_text(json.dumps({"what": "forward+backward, 28x28x1, ten classes, jitted, float32",
                                "batch": args.batch, "cpus": os.cpu_count(), "rows": rows},
                               indent=2) + "\n")
@@ -154,26 +184,39 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "nets.json"))
     parser.add_argument("--unet-sizes", action="store_true",
                         help="only the class-conditional UNet sizes of UNET_SIZES on 28x28x1")
+    parser.add_argument("--nets", default="MLP,UNet,DiT,UNet-r,DiT-r",
+                        help="comma-separated rows to time (MLP, UNet, DiT at every shape; "
+                             "UNet-r, DiT-r: the recipes' networks)")
+    parser.add_argument("--dit-sizes", action="store_true",
+                        help="only the class-conditional DiT sizes of DIT_SIZES on 28x28x1")
     args = parser.parse_args()
     if args.unet_sizes:
-        return unet_sizes(args)
+        return sizes(args, "UNet")
+    if args.dit_sizes:
+        return sizes(args, "DiT")
 
     peak = matmul_rate(seconds=args.seconds)
     rows = []
     header = (
-        f"{'net':<5} {'data':<8} {'params':>9} {'compile s':>9} {'samples/s':>10} "
+        f"{'net':<6} {'data':<8} {'params':>9} {'compile s':>9} {'samples/s':>10} "
         f"{'GFLOP/sample':>12} {'GFLOP/s':>8} {'of matmul':>9}"
     )
     print(f"float32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} CPU cores")
     print(header)
     print("-" * len(header))
-    for name in ("MLP", "UNet", "DiT"):
-        for shape in SHAPES.values():
-            row = bench_one(name, shape, args.batch, args.seconds)
-            rate = row["flop_per_s"]
-            row["fraction_of_matmul"] = None if rate is None else rate / peak
-            rows.append(row)
-            print(format_row(row), flush=True)
+    cases = [(name, name, shape, {}) for name in ("MLP", "UNet", "DiT")
+             for shape in SHAPES.values()]
+    cases += [(label, name, SHAPES["28x28x1"], kw) for label, (name, kw) in RECIPES.items()]
+    wanted = set(args.nets.split(","))
+    for label, name, shape, kw in cases:
+        if label not in wanted:
+            continue
+        row = bench_one(name, shape, args.batch, args.seconds, **kw)
+        row["net"] = label
+        rate = row["flop_per_s"]
+        row["fraction_of_matmul"] = None if rate is None else rate / peak
+        rows.append(row)
+        print(format_row(row), flush=True)
 
     result = {
         "what": "forward+backward of mean((net(t, x) - x)^2) over a batch, jitted, float32",

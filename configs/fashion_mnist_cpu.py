@@ -1,4 +1,4 @@
-"""Fashion-MNIST on a laptop: a class-conditional UNet that trains in about 40 minutes on 2 cores.
+"""Fashion-MNIST on a laptop: a class-conditional UNet that trains in about 21 minutes on 2 cores.
 
 The CPU version of `configs/fashion_mnist.py`: the same data (Debian's `dataset-fashion-mnist`,
 or `data.root` pointing at a folder of the four idx files -- MNIST's work too) and the same

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from .errors import ConfigError, DataError
-from .nets.conv import conv2d
+from .nets.conv import conv_hwc, group_norm_hwc
 
 #: the classifier's architecture: channels of the conv stages (two 3x3 convolutions each; the
 #: first of a stage halves the size while it is at least 8, 16 for the first stage: 28 -> 14 -> 7
@@ -99,9 +99,10 @@ class Classifier(eqx.Module):
 
     def features(self, x):
         """The feature vector `(features,)` of one image `(C, H, W)` in [0, 1]."""
-        h = 2.0 * x - 1.0
+        h = jnp.transpose(2.0 * x - 1.0, (1, 2, 0))  # channels-last through the convolutions
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = jax.nn.silu(norm(conv2d(conv, h)))
+            h = jax.nn.silu(group_norm_hwc(norm, conv_hwc(conv, h)))
+        h = jnp.transpose(h, (2, 0, 1))
         if h.shape[1:] != (self.grid, self.grid):
             h = jax.image.resize(h, (h.shape[0], self.grid, self.grid), "linear", antialias=True)
         return jax.nn.silu(self.feature(h.reshape(-1)))

@@ -1,8 +1,9 @@
-"""The Fashion-MNIST CPU recipe (configs/fashion_mnist_cpu.py), end to end in a short version.
+"""The Fashion-MNIST CPU recipes (configs/fashion_mnist_cpu.py, the UNet, and
+configs/fashion_mnist_dit_cpu.py, the transformer), end to end in a short version.
 
-Its full run trains for about 40 minutes on a 2-core CPU (docs/results/fashion-mnist.md); here the
-shipped config, at its own network size and sampler, trains a few steps on the real files, samples,
-scores the samples offline and computes bits/dim, all through the command.
+Their full runs train for about 21 and 42 minutes on a 2-core CPU (docs/results/fashion-mnist.md);
+here each shipped config, at its own network size and sampler, trains a few steps on the real
+files, samples, scores the samples offline and computes bits/dim, all through the command.
 """
 
 import json
@@ -14,13 +15,15 @@ import pytest
 from sgm import data, quality, run
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "fashion_mnist_cpu.py"
+CONFIGS = {"unet": ROOT / "configs" / "fashion_mnist_cpu.py",
+           "dit": ROOT / "configs" / "fashion_mnist_dit_cpu.py"}
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("net", list(CONFIGS))
 @pytest.mark.skipif(not data.FASHION_MNIST_ROOT.is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
-def test_the_cpu_recipe_runs_end_to_end_on_the_real_files(tmp_path, monkeypatch):
+def test_the_cpu_recipe_runs_end_to_end_on_the_real_files(net, tmp_path, monkeypatch):
     monkeypatch.setenv("SGM_CACHE", str(tmp_path / "cache"))
     # a classifier of the same 512 training images, trained briefly, waits in the cache: the run
     # must find it there (the full one trains for minutes)
@@ -30,9 +33,10 @@ def test_the_cpu_recipe_runs_end_to_end_on_the_real_files(tmp_path, monkeypatch)
             "sample.num=20", "sample.steps=4", "likelihood.num=2", "likelihood.batch=2",
             "likelihood.solver_check=0"]
     work = tmp_path / "run"
-    assert run.main(CONFIG, workdir=work, progress=False, sets=sets) == 0
+    assert run.main(CONFIGS[net], workdir=work, progress=False, sets=sets) == 0
     summary = json.loads((work / "summary.json").read_text())
     assert summary["steps"] == 3
+    assert json.loads((work / "config.json").read_text())["model"]["net"] == net
     assert np.isfinite(summary["likelihood"]["bpd"]) and summary["likelihood"]["bpd"] > 0
     with np.load(work / "samples.npz") as f:
         x, cond = f["samples"], f["cond"]

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from sgm.nets.base import AbstractScoreNet
-from sgm.nets.conv import conv2d
+from sgm.nets.conv import conv2d, conv_hwc, group_norm_hwc
 from sgm.nets.embeddings import ConditionEmbedding, TimeEmbedding, time_features
 from sgm.nets.mlp import MLP
 from sgm.nets.transformer import DiT
@@ -32,6 +32,8 @@ __all__ = [
     "TimeEmbedding",
     "UNet",
     "conv2d",
+    "conv_hwc",
+    "group_norm_hwc",
     "param_count",
     "time_features",
 ]

@@ -15,9 +15,11 @@ input is padded to 32x32.
 (fields on periodic boxes, e.g. `sgm.data.grf`): the network then commutes with circular shifts of
 its input by multiples of `2^(levels - 1)` pixels. It needs sizes that are such multiples already.
 
-Every convolution is an `eqx.nn.Conv2d` applied through `sgm.nets.conv2d`, which computes it
-channels-last, the layout XLA:CPU runs fast inside a sampler's loop (docs/results/fashion-mnist.md
-has the timings).
+Every layer is an Equinox module (`eqx.nn.Conv2d`, `eqx.nn.GroupNorm`, ...), but the features stay
+channels-last `(h, w, c)` from the first convolution to the last (`sgm.nets.conv_hwc`,
+`sgm.nets.group_norm_hwc`): the layout XLA:CPU runs fast, with no transposes around each
+convolution. Input and output are channels-first `(c, h, w)`, and the results equal Equinox's
+channels-first layers up to float rounding (docs/results/fashion-mnist.md has the timings).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from sgm.errors import ConfigError
 from sgm.nets.base import AbstractScoreNet
 from sgm.nets.embeddings import (
     ConditionEmbedding,
-    Image,
     Key,
     Label,
     Param,
@@ -45,8 +46,12 @@ from sgm.nets.embeddings import (
     with_condition_image,
     zero_init,
 )
-from sgm.nets.conv import conv2d
+from sgm.nets.conv import conv_hwc, group_norm_hwc
 from sgm.nets.spectral import SpectralConv
+
+
+#: a channels-last feature map `(h, w, c)` inside the network
+Features = Float[Array, "h w c"]
 
 
 def _norm(channels: int) -> eqx.nn.GroupNorm:
@@ -88,19 +93,21 @@ class _ResBlock(eqx.Module):
         self.conv2 = eqx.nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode=mode, key=k3)
         self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, key=k4)
 
-    def __call__(self, x: Image, emb: Float[Array, " e"], *, key: Key | None) -> Image:
-        a = jax.nn.silu(self.norm1(x))
-        h = conv2d(self.conv1, a)
-        h = h if self.spectral is None else h + self.spectral(a)
-        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb))[:, None, None], 2)
-        h = jax.nn.silu(self.norm2(h) * (1.0 + scale) + shift)
-        h = self.dropout(h, key=key, inference=key is None)
-        h = conv2d(self.conv2, h)
-        return h + (x if self.skip is None else conv2d(self.skip, x))
+    def __call__(self, x: Features, emb: Float[Array, " e"], *, key: Key | None) -> Features:
+        a = jax.nn.silu(group_norm_hwc(self.norm1, x))
+        h = conv_hwc(self.conv1, a)
+        if self.spectral is not None:
+            h = h + jnp.transpose(self.spectral(jnp.transpose(a, (2, 0, 1))), (1, 2, 0))
+        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb)), 2)
+        h = jax.nn.silu(group_norm_hwc(self.norm2, h) * (1.0 + scale) + shift)
+        if key is not None and self.dropout.p > 0:  # the channels-first mask: same draws as ever
+            h = jnp.transpose(self.dropout(jnp.transpose(h, (2, 0, 1)), key=key), (1, 2, 0))
+        h = conv_hwc(self.conv2, h)
+        return h + (x if self.skip is None else conv_hwc(self.skip, x))
 
 
 class _Attention(eqx.Module):
-    """Residual multi-head self-attention over the `h * w` pixels of a feature map."""
+    """Residual multi-head self-attention over the `h * w` pixels of a channels-last feature map."""
 
     norm: eqx.nn.GroupNorm
     attn: eqx.nn.MultiheadAttention
@@ -109,10 +116,10 @@ class _Attention(eqx.Module):
         self.norm = _norm(channels)
         self.attn = eqx.nn.MultiheadAttention(heads, channels, use_output_bias=True, key=key)
 
-    def __call__(self, x: Image) -> Image:
-        tokens = einops.rearrange(self.norm(x), "c h w -> (h w) c")
+    def __call__(self, x: Features) -> Features:
+        tokens = einops.rearrange(group_norm_hwc(self.norm, x), "h w c -> (h w) c")
         out = self.attn(tokens, tokens, tokens)
-        return x + einops.rearrange(out, "(h w) c -> c h w", h=x.shape[1])
+        return x + einops.rearrange(out, "(h w) c -> h w c", h=x.shape[0])
 
 
 class _Level(eqx.Module):
@@ -123,12 +130,12 @@ class _Level(eqx.Module):
     resample: eqx.nn.Conv2d | None
     up: bool = eqx.field(static=True)
 
-    def resize(self, h: Image) -> Image:
+    def resize(self, h: Features) -> Features:
         if self.resample is None:
             return h
         if self.up:  # nearest-neighbour x2, then a 3x3 conv
-            h = einops.repeat(h, "c h w -> c (h a) (w b)", a=2, b=2)
-        return conv2d(self.resample, h)
+            h = einops.repeat(h, "h w c -> (h a) (w b) c", a=2, b=2)
+        return conv_hwc(self.resample, h)
 
 
 class UNet(AbstractScoreNet):
@@ -299,7 +306,8 @@ class UNet(AbstractScoreNet):
         num_blocks = sum(len(lv.blocks) for lv in self.down + self.up) + len(self.mid)
         keys = iter(split_key(key, num_blocks))
 
-        hid = conv2d(self.conv_in, jnp.pad(x, ((0, 0), *self.padding)))
+        x = jnp.transpose(x, (1, 2, 0))  # channels-last from here to the output
+        hid = conv_hwc(self.conv_in, jnp.pad(x, (*self.padding, (0, 0))))
         skips = [hid]
         for lv in self.down:
             for block, attn in zip(lv.blocks, lv.attns, strict=True):
@@ -313,9 +321,9 @@ class UNet(AbstractScoreNet):
         hid = self.mid[1](self.mid_attn(hid), emb, key=next(keys))
         for lv in self.up:
             for block, attn in zip(lv.blocks, lv.attns, strict=True):
-                hid = block(jnp.concatenate([hid, skips.pop()]), emb, key=next(keys))
+                hid = block(jnp.concatenate([hid, skips.pop()], axis=-1), emb, key=next(keys))
                 hid = hid if attn is None else attn(hid)
             hid = lv.resize(hid)
-        out = conv2d(self.conv_out, jax.nn.silu(self.norm_out(hid)))
+        out = conv_hwc(self.conv_out, jax.nn.silu(group_norm_hwc(self.norm_out, hid)))
         (top, _), (left, _) = self.padding
-        return out[:, top : top + h, left : left + w]
+        return jnp.transpose(out[top : top + h, left : left + w], (2, 0, 1))
