@@ -161,13 +161,13 @@ def fig_runs(out: Path, runs: list[Path], per_class: int = 8) -> Path:
                 else f"DiT, {model['patch']}x{model['patch']} patches, width {model['width']}")
         title = f"{name}\n{summary['steps']} steps, {summary['train_seconds'] / 60:.0f} min"
         if q:
-            title += (f"; {q['sample_accuracy']:.0%} recognised, FD {q['frechet']:.1f} "
+            title += (f"\n{q['sample_accuracy']:.0%} recognised, FD {q['frechet']:.1f} "
                       f"(real {q['frechet_reference']:.1f}, N = {q['num_samples']})")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "fashion_mnist_unet_dit.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -208,7 +208,7 @@ def build_conditioning(cfg: Config, ds: data.Dataset) -> Conditioning:
 
 def build_model(cfg: Config, ds: data.Dataset, sde, cond: Conditioning, *, key) -> ScoreModel:
     extra = dict(num_classes=cond.num_classes, param_dim=ds.param_dim if cond.uses_param else None,
-                 dropout=cfg.model.dropout, key=key)
+                 dropout=cfg.model.dropout, time_scale=cfg.model.time_scale, key=key)
     if cond.uses_image and cfg.model.net == "mlp":  # the MLP concatenates the image's numbers
         extra["cond_dim"] = math.prod(ds.cond_shape)
     elif cond.uses_image:  # the UNet and DiT its channels

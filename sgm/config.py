@@ -67,6 +67,7 @@ class ModelConfig:
     periodic: bool = False  # UNet: circular padding (fields on a periodic box)
     spectral_modes: int = 0  # periodic UNet: Fourier modes per axis of each block's spectral conv
     dtype: str = "float32"  # the network's compute dtype: float32 or bfloat16 (weights stay float32)
+    time_scale: float = 1000.0  # time features: sinusoids of time_scale * t (and of log t)
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ def validate(config: Config) -> Config:
     _expect(m.spectral_modes >= 0, "model.spectral_modes", m.spectral_modes,
             "a non-negative integer (0: no spectral convolutions)")
     _expect(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
+    _expect(m.time_scale > 0, "model.time_scale", m.time_scale, "a positive number")
     _expect(0 <= m.label_dropout < 1, "model.label_dropout", m.label_dropout, "a probability in [0, 1)")
     for f in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "eval_num"):
         _expect(0 < getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),

@@ -1,7 +1,7 @@
 """The Fashion-MNIST CPU recipes (configs/fashion_mnist_cpu.py, the UNet, and
 configs/fashion_mnist_dit_cpu.py, the transformer), end to end in a short version.
 
-Their full runs train for about 21 and 42 minutes on a 2-core CPU (docs/results/fashion-mnist.md);
+Their full runs train for about 39 and 42 minutes on a 2-core CPU (docs/results/fashion-mnist.md);
 here each shipped config, at its own network size and sampler, trains a few steps on the real
 files, samples, scores the samples offline and computes bits/dim, all through the command.
 """

@@ -40,6 +40,8 @@ from sgm.npz import oversized
     (["sample.seed=18446744073709551616"], "sample.seed=18446744073709551616 is invalid"),
     (["train.steps=4294967296"], "train.steps=4294967296 is invalid"),
     (["sample.num=1000000000000"], "sample.num=1000000000000 is invalid"),
+    (["model.time_scale=0"], "model.time_scale=0.0 is invalid: expected a positive number"),
+    (["model.time_scale=nan"], "model.time_scale=nan is invalid"),
 ])
 def test_every_numeric_bound_is_checked_with_the_field_named(sets, match):
     cfg = C.load_file(EIGHT)

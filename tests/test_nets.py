@@ -40,14 +40,14 @@ def normal(seed, shape):
 
 
 @functools.cache
-def make(name, cond="none", *, dropout=0.0, seed=0):
+def make(name, cond="none", *, dropout=0.0, seed=0, **extra):
     """A tiny network of kind `name` with one conditioning type, and the shape of its input.
 
     Cached, and initialised from an "rbg" key: building a network compiles one random-number kernel
     per new weight shape, which on a small CPU costs far more than running the network, and the
     rbg kernels compile two to three times faster than threefry ones.
     """
-    kw = dict(dropout=dropout, key=init_key(seed))
+    kw = dict(dropout=dropout, key=init_key(seed), **extra)
     if cond == "label":
         kw["num_classes"] = NUM_CLASSES
     if cond == "param":
@@ -309,3 +309,20 @@ def test_learns_denoising_regression(name):
         losses.append(float(loss))
     start, final = losses[0], losses[-1]
     assert np.isfinite(final) and final < 0.3 * start, (start, final)
+
+
+def test_the_time_scale_multiplies_t_in_the_first_half_of_the_features():
+    """`time_features(t, dim, scale)`'s first half is the default features at t * scale / 1000;
+    the log t half does not change; the scale reaches every network's embedding."""
+    t, dim = 0.37, 64
+    scaled, default = time_features(t, dim, 10.0), time_features(t * 10.0 / 1000.0, dim)
+    half = [*range(dim // 4), *range(dim // 2, 3 * dim // 4)]  # sin and cos of the t half
+    assert jnp.allclose(scaled[jnp.array(half)], default[jnp.array(half)], atol=1e-6)
+    rest = jnp.array([i for i in range(dim) if i not in half])
+    assert jnp.array_equal(scaled[rest], time_features(t, dim)[rest])
+    assert jnp.array_equal(time_features(t, dim), time_features(t, dim, 1000.0))
+    for name in NETS:
+        net, _ = make(name, "none", time_scale=10.0)
+        assert net.embed.time.scale == 10.0
+    with pytest.raises(ConfigError, match="time embedding's scale"):
+        TimeEmbedding(32, scale=0.0, key=init_key(0))

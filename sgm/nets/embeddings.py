@@ -4,7 +4,7 @@ A network turns its conditioning `(t, label, param)` into one vector `emb` of si
 
     emb = MLP_t(features(t)) + E[label] + MLP_p(param)
 
-where `features(t)` are sinusoids of both `1000 t` and `log t`. The `log t` half keeps very small
+where `features(t)` are sinusoids of both `s t` (s = `time_scale`, 1000 by default) and `log t`. The `log t` half keeps very small
 times apart (t = 1e-5 and t = 1e-3 are 4.6 apart in log t but only 0.001 apart in t), which is where
 the score of the data changes fastest. The label table has `num_classes + 1` rows; the last one is
 the "null" label used for classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion
@@ -48,16 +48,23 @@ def zero_init(layer: eqx.Module) -> eqx.Module:
     return layer
 
 
-def time_features(t: Time, dim: int) -> Float[Array, " dim"]:
-    """Fixed sinusoidal features of `1000 t` (first half) and of `log t` (second half).
+def time_features(t: Time, dim: int, scale: float = 1000.0) -> Float[Array, " dim"]:
+    """Fixed sinusoidal features of `scale * t` (first half) and of `log t` (second half).
 
     Each half holds `sin(w_k u), cos(w_k u)` with geometric frequencies: `w_k` from 1 down to 1e-4
-    for `u = 1000 t` (Vaswani et al. 2017; Ho et al. 2020) and from 1 down to 1e-2 for
-    `u = log t`, so that the lowest frequencies are near-linear in `log t` over [1e-12, 1].
+    for `u = scale * t` (Vaswani et al. 2017; Ho et al. 2020, whose 1000 discrete steps give the
+    default scale 1000) and from 1 down to 1e-2 for `u = log t`, so that the lowest frequencies are
+    near-linear in `log t` over [1e-12, 1].
+
+    The highest frequency of the first half is `scale` radians per unit of t: a network fed
+    sin(1000 t) can vary that fast in t, and the probability-flow ODE of a continuous-time model
+    must then take steps short enough to follow it. A smaller scale (say 10) gives a field that is
+    smooth in t; the `log t` half still tells small times apart.
 
     Arguments:
         t: scalar time.
         dim: number of features, a multiple of 4.
+        scale: the multiplier of t in the first half (positive).
 
     Returns:
         `(dim,)` features, each in [-1, 1].
@@ -66,29 +73,34 @@ def time_features(t: Time, dim: int) -> Float[Array, " dim"]:
     frac = jnp.arange(quarter, dtype=jnp.float32) / max(quarter - 1, 1)
     t = jnp.asarray(t, jnp.float32)
     log_t = jnp.log(jnp.maximum(t, math.exp(_LOG_T_MIN)))
-    args = jnp.concatenate([1000.0 * t * 1e-4**frac, log_t * 1e-2**frac])
+    args = jnp.concatenate([scale * t * 1e-4**frac, log_t * 1e-2**frac])
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)])
 
 
 class TimeEmbedding(eqx.Module):
-    """Time embedding: `MLP(time_features(t))` with one SiLU hidden layer of size `dim`."""
+    """Time embedding: `MLP(time_features(t, features, scale))` with one SiLU hidden layer of size
+    `dim`."""
 
     linear1: eqx.nn.Linear
     linear2: eqx.nn.Linear
     features: int = eqx.field(static=True)
+    scale: float = eqx.field(static=True, default=1000.0)
 
-    def __init__(self, dim: int, *, features: int | None = None, key: Key):
+    def __init__(self, dim: int, *, features: int | None = None, scale: float = 1000.0,
+                 key: Key):
         features = dim if features is None else features
         if features % 4 != 0 or features < 4:
             raise ConfigError(f"time features must be a positive multiple of 4, got {features}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"the time embedding's scale must be a positive number, got {scale}.")
         k1, k2 = jax.random.split(key)
-        self.features = features
+        self.features, self.scale = features, float(scale)
         self.linear1 = eqx.nn.Linear(features, dim, key=k1)
         self.linear2 = eqx.nn.Linear(dim, dim, key=k2)
 
     def __call__(self, t: Time) -> Float[Array, " dim"]:
         """Embed a scalar time `t` into a `(dim,)` vector (in the dtype of the weights)."""
-        features = time_features(t, self.features).astype(self.linear1.weight.dtype)
+        features = time_features(t, self.features, self.scale).astype(self.linear1.weight.dtype)
         return self.linear2(jax.nn.silu(self.linear1(features)))
 
 
@@ -100,6 +112,7 @@ class ConditionEmbedding(eqx.Module):
         num_classes: number of classes, or None for no label input; the table gets one extra
             "null" row, index `num_classes`.
         param_dim: length of the parameter vector, or None for no parameter input.
+        time_scale: the multiplier of t in the time features (`time_features`' scale).
         key: initialisation key.
     """
 
@@ -116,6 +129,7 @@ class ConditionEmbedding(eqx.Module):
         *,
         num_classes: int | None = None,
         param_dim: int | None = None,
+        time_scale: float = 1000.0,
         key: Key,
     ):
         if num_classes is not None and num_classes < 1:
@@ -126,7 +140,7 @@ class ConditionEmbedding(eqx.Module):
         self.dim = dim
         self.num_classes = num_classes
         self.param_dim = param_dim
-        self.time = TimeEmbedding(dim, key=kt)
+        self.time = TimeEmbedding(dim, scale=time_scale, key=kt)
         self.label = None if num_classes is None else eqx.nn.Embedding(num_classes + 1, dim, key=kl)
         self.param = (
             None

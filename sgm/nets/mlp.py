@@ -71,6 +71,7 @@ class MLP(AbstractScoreNet):
         param_dim: length of the parameter vector, or None.
         cond_dim: length of a conditioning vector concatenated to `x`, or None.
         dropout: dropout rate inside the blocks (active only when a key is passed).
+        time_scale: the multiplier of t in the time features (`sgm.nets.time_features`).
         key: initialisation key.
     """
 
@@ -99,6 +100,7 @@ class MLP(AbstractScoreNet):
         param_dim: int | None = None,
         cond_dim: int | None = None,
         dropout: float = 0.0,
+        time_scale: float = 1000.0,
         key: Key,
     ):
         for name, value in [("data_dim", data_dim), ("width", width), ("depth", depth)]:
@@ -113,7 +115,7 @@ class MLP(AbstractScoreNet):
         self.num_classes, self.param_dim, self.cond_dim = num_classes, param_dim, cond_dim
         self.dropout = dropout
         self.embed = ConditionEmbedding(
-            time_dim, num_classes=num_classes, param_dim=param_dim, key=ke
+            time_dim, num_classes=num_classes, param_dim=param_dim, time_scale=time_scale, key=ke
         )
         self.linear_in = eqx.nn.Linear(data_dim + image_input_channels(cond_dim or 0), width, key=ki)
         self.blocks = [_ResidualBlock(width, time_dim, dropout, key=k) for k in kb]

@@ -112,6 +112,7 @@ class DiT(AbstractScoreNet):
             flag, resized to `x`'s size if smaller) before patching, so every token sees the
             patch of the condition at its own position.
         dropout: dropout rate after attention and in the MLP (active only when a key is passed).
+        time_scale: the multiplier of t in the time features (`sgm.nets.time_features`).
         key: initialisation key.
     """
 
@@ -146,6 +147,7 @@ class DiT(AbstractScoreNet):
         param_dim: int | None = None,
         cond_channels: int = 0,
         dropout: float = 0.0,
+        time_scale: float = 1000.0,
         key: Key,
     ):
         h, w = image_hw(image_size)
@@ -164,7 +166,8 @@ class DiT(AbstractScoreNet):
         self.num_classes, self.param_dim, self.cond_channels = num_classes, param_dim, cond_channels
 
         ke, kp, ka, ko, *kb = jax.random.split(key, 4 + depth)
-        self.embed = ConditionEmbedding(width, num_classes=num_classes, param_dim=param_dim, key=ke)
+        self.embed = ConditionEmbedding(width, num_classes=num_classes, param_dim=param_dim,
+                                        time_scale=time_scale, key=ke)
         c_in = channels + image_input_channels(cond_channels)
         self.patch_embed = eqx.nn.Linear(c_in * patch**2, width, key=kp)
         self.blocks = [_Block(width, heads, mlp_ratio, dropout, key=k) for k in kb]

@@ -162,6 +162,7 @@ class UNet(AbstractScoreNet):
         spectral_modes: with `periodic`, every residual block also mixes its channels in Fourier
             space over the modes |k_x|, |k_y| <= spectral_modes (`sgm.nets.spectral`): global
             filters with sharp bands, which 3x3 convolutions approximate poorly. 0: none.
+        time_scale: the multiplier of t in the time features (`sgm.nets.time_features`).
         key: initialisation key.
     """
 
@@ -204,6 +205,7 @@ class UNet(AbstractScoreNet):
         cond_channels: int = 0,
         periodic: bool = False,
         spectral_modes: int = 0,
+        time_scale: float = 1000.0,
         key: Key,
     ):
         h, w = image_hw(image_size)
@@ -250,7 +252,8 @@ class UNet(AbstractScoreNet):
         keys = iter(jax.random.split(key, 8 + 4 * len(mults) * (num_res_blocks + 2)))
         emb_dim = 4 * base
         self.embed = ConditionEmbedding(
-            emb_dim, num_classes=num_classes, param_dim=param_dim, key=next(keys)
+            emb_dim, num_classes=num_classes, param_dim=param_dim, time_scale=time_scale,
+            key=next(keys)
         )
         self.conv_in = conv(channels + image_input_channels(cond_channels), base, key=next(keys))
 
