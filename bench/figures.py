@@ -23,6 +23,7 @@ About a minute of CPU time on two cores, most of it compiling the 21 solves.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import lineax as lx
 import numpy as np
 
 import sgm
-from sgm import plot_grids
+from sgm import plot, plot_grids
 from sgm.data import toy
 
 SDES = {"VP": sgm.VPSDE(), "SubVP": sgm.SubVPSDE(), "VE": sgm.VESDE()}
@@ -135,41 +136,23 @@ def fig_toys(out: Path, seed: int, num: int = 5000) -> Path:
 
 def fig_runs(out: Path, runs: list[Path], per_class: int = 8) -> Path:
     """Samples of finished class-conditional image runs side by side, row i: class i."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 5.6), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
+    fig = plot.figure(4.2 * len(runs), 6.0, layout="compressed")
+    for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs, strict=True):
         with np.load(run / "samples.npz") as f:
             x, labels = f["samples"], f["cond"]
-        classes = sorted(set(labels.tolist()))
-        rows = [x[labels == c][:per_class] for c in classes]
+        rows = [x[labels == c][:per_class] for c in sorted(set(labels.tolist()))]
         n = min(len(r) for r in rows)
-        grid = np.concatenate([np.concatenate(list(r[:n, 0]), axis=1) for r in rows], axis=0)
-        ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        config = json.loads((run / "config.json").read_text())
+        plot.show_canvas(ax, plot.tile(np.concatenate([r[:n] for r in rows]), nrow=n, hi=255.0))
+        model = json.loads((run / "config.json").read_text())["model"]
         summary = json.loads((run / "summary.json").read_text())
-        q = summary.get("quality", {})
-        model = config["model"]
         name = (f"UNet, base {model['base']}" if model["net"] == "unet"
                 else f"DiT, {model['patch']}x{model['patch']} patches, width {model['width']}")
         title = f"{name}\n{summary['steps']} steps, {summary['train_seconds'] / 60:.0f} min"
-        if q:
+        if q := summary.get("quality"):
             title += (f"\n{q['sample_accuracy']:.0%} recognised, FD {q['frechet']:.1f} "
                       f"(real {q['frechet_reference']:.1f}, N = {q['num_samples']})")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "fashion_mnist_unet_dit.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return plot.save(fig, out / "fashion_mnist_unet_dit.png")
 
 
 def main(argv=None) -> None:

@@ -162,17 +162,14 @@ def colorbar(fig, im, ax) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def sample_grid(images: Float[ArrayLike, "n c h w"], path: str | os.PathLike, *,
-                nrow: int | None = None, title: str | None = None, lo: float = 0.0, hi: float = 1.0,
-                pad: int = 1) -> Path:
-    """Tiles greyscale or RGB images into one grid picture.
+def tile(images: Float[ArrayLike, "n c h w"], *, nrow: int | None = None, lo: float = 0.0,
+         hi: float = 1.0, pad: int = 1) -> np.ndarray:
+    """Greyscale or RGB images tiled into one `(H, W, C)` canvas in [0, 1], row by row.
 
     Arguments:
         images: (N, C, H, W) with C = 1 or 3 (or (N, H, W) greyscale), values in [lo, hi]
             (clipped there; NaN shows as black).
-        path: where to write the PNG.
         nrow: images per row (torchvision's `make_grid` convention); default ceil(sqrt(N)).
-        title: figure title.
         lo, hi: the value range mapped to black..white.
         pad: white pixels between images.
     """
@@ -193,17 +190,31 @@ def sample_grid(images: Float[ArrayLike, "n c h w"], path: str | os.PathLike, *,
         r, q = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
         canvas[top:top + h, left:left + w] = x[i].transpose(1, 2, 0)
+    return canvas
 
+
+def show_canvas(ax, canvas: np.ndarray) -> None:
+    """A `tile` canvas on an axis, pixel for pixel, without axes."""
+    if canvas.shape[-1] == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def sample_grid(images: Float[ArrayLike, "n c h w"], path: str | os.PathLike, *,
+                nrow: int | None = None, title: str | None = None, lo: float = 0.0, hi: float = 1.0,
+                pad: int = 1) -> Path:
+    """Tiles greyscale or RGB images into one grid picture (`tile`) and writes it to `path` (a
+    PNG), with an optional `title`; the other arguments are `tile`'s."""
+    canvas = tile(images, nrow=nrow, lo=lo, hi=hi, pad=pad)
+    c = canvas.shape[-1]
     zoom = max(1, min(8, 800 // canvas.shape[1]))  # whole pixels per image pixel, ~<= 800 px wide
     width = max(2.0, canvas.shape[1] * zoom / DPI)
     height = canvas.shape[0] * zoom / DPI + (0.35 if title else 0.0)
     fig = figure(width, height)
     ax = fig.add_subplot()
-    if c == 1:
-        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(canvas, interpolation="nearest")
-    ax.set_axis_off()
+    show_canvas(ax, canvas)
     if title:
         ax.set_title(title, fontsize=10)
     return save(fig, path, palette=c == 1)

@@ -4,13 +4,13 @@ The UNet keeps its features `(h, w, c)` from its first convolution to its last
 (`sgm.nets.conv_hwc`, `sgm.nets.group_norm_hwc`). `reference` below is the network as it was
 computed before, every layer an Equinox module called on `(c, h, w)` features; the tests hold
 the channels-last network to it (outputs and gradients, in a vmapped batch and in `lax.scan`, with
-every kind of conditioning, circular padding, spectral blocks and dropout), and load a checkpoint
-that the channels-first implementation wrote (tests/data/unet_channels_first.npz, with the
-outputs it gave).
+every kind of conditioning, circular padding, spectral blocks and dropout, after a checkpoint
+round trip), and check that a checkpoint holds the leaves the channels-first implementation wrote.
 """
 
 import functools
-from pathlib import Path
+import hashlib
+import json
 
 import einops
 import equinox as eqx
@@ -22,8 +22,6 @@ import pytest
 from sgm import checkpoint
 from sgm.nets import UNet, conv2d, conv_hwc, group_norm_hwc
 from sgm.nets.embeddings import split_key, with_condition_image
-
-DATA = Path(__file__).parent / "data"
 
 # compiling dominates here; XLA's lowest backend optimisation level halves it
 jit = functools.partial(eqx.filter_jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -102,7 +100,7 @@ CASES = {
     "dropout": pytest.param(dict(
         shape=(3, 8, 8), kw=dict(base=8, channel_mults=(1, 2), dropout=0.3, heads=2)),
         marks=pytest.mark.slow),
-}  # compiling each costs 20-40 s: the slow tier; the default tier loads the checkpoint
+}  # compiling each costs 20-40 s: the slow tier; the default tier checks the checkpoint
 
 
 def inputs(case, n=3):
@@ -125,11 +123,14 @@ def inputs(case, n=3):
 
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_channels_last_unet_is_the_channels_first_network(case):
+def test_channels_last_unet_is_the_channels_first_network(case, tmp_path):
     """Outputs and parameter gradients equal the channels-first reference to float32 round-off,
-    in a vmapped batch and inside `lax.scan` (the samplers' loops)."""
+    in a vmapped batch and inside `lax.scan` (the samplers' loops); the network computed
+    channels-last is the reference's read back from a checkpoint."""
     c, h, w = case["shape"]
-    net = perturbed(UNet(c, (h, w), key=jax.random.key(0), **case["kw"]))
+    template = UNet(c, (h, w), key=jax.random.key(0), **case["kw"])
+    written = perturbed(template)
+    net, _ = checkpoint.load(checkpoint.save(tmp_path, 1, written), template)
     t, x, cond = inputs(case)
 
     def run(fn, net):
@@ -138,7 +139,7 @@ def test_channels_last_unet_is_the_channels_first_network(case):
     def call(net, t, x, **cond):
         return net(t, x, **cond)
 
-    want = jit(lambda net: run(reference, net))(net)
+    want = jit(lambda net: run(reference, net))(written)
     got = jit(lambda net: run(call, net))(net)
     scale = float(jnp.abs(want).max())
     assert scale > 0.1  # the perturbed network's output is not trivially small
@@ -161,16 +162,26 @@ def test_channels_last_unet_is_the_channels_first_network(case):
         np.testing.assert_allclose(a, b, atol=1e-5 * max(float(jnp.abs(b).max()), 1e-3), rtol=0)
 
 
-def test_a_checkpoint_written_channels_first_loads_and_gives_its_outputs():
-    """tests/data/unet_channels_first.npz was written by the channels-first implementation, with
-    the outputs it computed: it loads into today's UNet, which gives the same outputs."""
+#: SHA-256 of the leaves (path, shape, dtype) in the checkpoint manifest of the UNet below, as the
+#: channels-first implementation (commit 4a9f003, before the layout change) wrote them
+CHANNELS_FIRST_LEAVES = "a754524170002795a9c1ca531476ca8b30ca04aabc8e4707f9151b33f7ceef55"
+
+
+def test_a_checkpoint_holds_the_leaves_the_channels_first_unet_wrote(tmp_path):
+    """The layout change moved no parameter: the manifest lists the 154 leaves, paths, shapes and
+    dtypes the channels-first UNet wrote, so its checkpoints load (`checkpoint.load` checks each
+    leaf against the template), and a checkpoint reads back bit for bit."""
     template = UNet(1, 12, base=8, channel_mults=(1, 2), num_res_blocks=1, num_classes=3, heads=2,
                     attn_resolutions=(12, 6), key=jax.random.key(0))
-    net, manifest = checkpoint.load(DATA / "unet_channels_first.npz", template)
+    written = perturbed(template)
+    path = checkpoint.save(tmp_path, 7, written)
+    leaves = [[x["path"], x["shape"], x["dtype"]] for x in checkpoint.read_manifest(path)["leaves"]]
+    assert len(leaves) == 154
+    assert hashlib.sha256(json.dumps(leaves).encode()).hexdigest() == CHANNELS_FIRST_LEAVES
+    net, manifest = checkpoint.load(path, template)
     assert manifest["step"] == 7
-    saved = np.load(DATA / "unet_channels_first_outputs.npz")
-    out = jax.vmap(lambda t, x, y: net(t, x, label=y))(saved["t"], saved["x"], saved["label"])
-    np.testing.assert_allclose(out, saved["out"], atol=2e-6 * float(np.abs(saved["out"]).max()))
+    for a, b in zip(jax.tree.leaves(net), jax.tree.leaves(written), strict=True):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("groups,channels,affine,dtype", [

@@ -4,11 +4,11 @@ A network turns its conditioning `(t, label, param)` into one vector `emb` of si
 
     emb = MLP_t(features(t)) + E[label] + MLP_p(param)
 
-where `features(t)` are sinusoids of both `s t` (s = `time_scale`, 1000 by default) and `log t`. The `log t` half keeps very small
-times apart (t = 1e-5 and t = 1e-3 are 4.6 apart in log t but only 0.001 apart in t), which is where
-the score of the data changes fastest. The label table has `num_classes + 1` rows; the last one is
-the "null" label used for classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion
-Guidance", 2022).
+where `features(t)` are sinusoids of both `s t` (s = `time_scale`, 1000 by default) and `log t`. The
+`log t` half keeps very small times apart (t = 1e-5 and t = 1e-3 are 4.6 apart in log t but only
+0.001 apart in t), which is where the score of the data changes fastest. The label table has
+`num_classes + 1` rows; the last one is the "null" label used for classifier-free guidance (Ho &
+Salimans, "Classifier-Free Diffusion Guidance", 2022).
 """
 
 from __future__ import annotations
