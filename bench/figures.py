@@ -143,11 +143,13 @@ def fig_runs(out: Path, runs: list[Path], per_class: int = 8) -> Path:
         rows = [x[labels == c][:per_class] for c in sorted(set(labels.tolist()))]
         n = min(len(r) for r in rows)
         plot.show_canvas(ax, plot.tile(np.concatenate([r[:n] for r in rows]), nrow=n, hi=255.0))
-        model = json.loads((run / "config.json").read_text())["model"]
+        cfg = json.loads((run / "config.json").read_text())
+        model, sampler = cfg["model"], cfg["sample"]
         summary = json.loads((run / "summary.json").read_text())
         name = (f"UNet, base {model['base']}" if model["net"] == "unet"
                 else f"DiT, {model['patch']}x{model['patch']} patches, width {model['width']}")
-        title = f"{name}\n{summary['steps']} steps, {summary['train_seconds'] / 60:.0f} min"
+        title = (f"{name}\n{summary['steps']} steps, {summary['train_seconds'] / 60:.0f} min; "
+                 f"{sampler['method']}-{sampler['steps']}, guidance {sampler['guidance']:g}")
         if q := summary.get("quality"):
             title += (f"\n{q['sample_accuracy']:.0%} recognised, FD {q['frechet']:.1f} "
                       f"(real {q['frechet_reference']:.1f}, N = {q['num_samples']})")

@@ -5,9 +5,10 @@
     python bench/quality.py RUN --em 100                             # also em-1000 on 100 samples
     python bench/quality.py RUN --searched ipndm --nfe 5 10          # also on searched levels
     python bench/quality.py RUN --tuned ipndm --nfe 10               # and on levels tuned for it
+    python bench/quality.py RUN --guidance 0 0.5 1 --methods ipndm   # per guidance weight
 
 For each sampler and step count it draws `--num` conditional samples of the run's EMA model (labels
-0, 1, 2, ... cycling, the run's guidance), and scores them with the offline classifier of
+0, 1, 2, ... cycling, the run's guidance or each of `--guidance`), and scores them with the offline classifier of
 `sgm.quality` (trained once on the run's training images and cached): the fraction recognised as
 the class they were drawn for, and the Fréchet distance between their classifier features and the
 test set's. Each row carries its reference: the same numbers for real training images in the
@@ -20,6 +21,7 @@ Table on stdout; JSON in bench/results/quality_<run name>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -48,20 +50,28 @@ def main(argv=None):
     p.add_argument("--tuned", nargs="*", default=[], metavar="METHOD",
                    help="also these methods on the searched levels tuned for them "
                         "(sgm.tune_grid, cached in the run), at the same --nfe")
+    p.add_argument("--guidance", nargs="+", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weights to sample at, each a block of rows "
+                        "(default: the run's sample.guidance)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the samples' seed (default: the run's sample.seed); another seed, "
+                        "another draw of every row, to see the rows' own spread")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
     out = args.out or RESULTS / f"quality_{args.run.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    exp = build.load_run(args.run)
-    model = exp.state.ema
+    run_exp = build.load_run(args.run)
+    model = run_exp.state.ema
+    exp = run_exp
     clf, info = quality.classifier_for(exp.ds)
     print(f"classifier: test accuracy {info['test_accuracy']:.4f}")
     rows = []
 
-    def row(label, method, steps, num, x, labels, seconds, nfe):
+    def row(label, method, steps, num, x, labels, seconds, nfe, guidance=None):
         s = quality.score(clf, x, labels, exp.ds, test_accuracy=info["test_accuracy"])
         r = dict(label=label, method=method, steps=steps, nfe=nfe, num=num, seconds=seconds,
+                 guidance=guidance, seed=exp.cfg.sample.seed,
                  accuracy=s["sample_accuracy"], frechet=s["frechet"],
                  frechet_reference=s["frechet_reference"],
                  frechet_reference_std=s["frechet_reference_std"],
@@ -69,14 +79,15 @@ def main(argv=None):
         rows.append(r)
         out.write_text(json.dumps({  # after every row: a long table stopped early keeps its rows
             "run": str(args.run), "classifier_test_accuracy": info["test_accuracy"],
-            "guidance": exp.cfg.sample.guidance, "machine": platform.processor() or platform.machine(),
+            "guidance": run_exp.cfg.sample.guidance, "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
-        print(f"{label:>10} {str(steps):>5} {nfe:>5} {num:>5} {seconds:8.1f}s  "
+        print(f"{label:>10} {'' if guidance is None else f'{guidance:g}':>5} {str(steps):>5} "
+              f"{nfe:>5} {num:>5} {seconds:8.1f}s  "
               f"acc {r['accuracy']:.3f}  FD {r['frechet']:8.3f}  (real {r['frechet_reference']:.3f} "
               f"± {r['frechet_reference_std']:.3f}, acc {r['reference_accuracy']:.3f})",
               flush=True)
 
-    print(f"{'sampler':>10} {'steps':>5} {'nfe':>5} {'num':>5} {'time':>9}")
+    print(f"{'sampler':>10} {'w':>5} {'steps':>5} {'nfe':>5} {'num':>5} {'time':>9}")
     # real training images in the samples' place, with the samples' labels (0, 1, 2, ... cycling)
     # and another draw than the references `score` averages over
     cycling = np.arange(args.num) % exp.ds.num_classes
@@ -87,7 +98,13 @@ def main(argv=None):
     plan += [(f"{m}+tuned", m, n) for m in args.tuned for n in args.nfe]
     if args.em:
         plan.append(("em", "em", 1000))
-    for label, method, steps in plan:
+    weights = [run_exp.cfg.sample.guidance] if args.guidance is None else args.guidance
+    plan = [(w, *p) for w in weights for p in plan]
+    for w, label, method, steps in plan:
+        s = run_exp.cfg.sample
+        exp = dataclasses.replace(run_exp, cfg=dataclasses.replace(
+            run_exp.cfg, sample=dataclasses.replace(
+                s, guidance=w, seed=s.seed if args.seed is None else args.seed)))
         num = args.em if method == "em" else args.num
         grid = {}
         if label.endswith("+gits"):  # the search's own time is printed apart from the row's
@@ -106,7 +123,7 @@ def main(argv=None):
                                        **grid)
         x = jax.block_until_ready(x)
         row(label, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
-            int(sinfo["nfe"]))
+            int(sinfo["nfe"]), guidance=w)
 
     print(f"-> {out}")
 

@@ -388,3 +388,36 @@ def test_the_command_refuses_bad_input_with_one_sentence(digits_run, capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 5 and all(line.startswith("error: ") for line in err)
     assert "is in use" in err[-1] and "no config.json" in err[-2]
+
+
+@pytest.mark.slow
+def test_the_quality_bench_samples_per_guidance_weight_and_seed(digits_cache, tmp_path,
+                                                                  monkeypatch):
+    """`bench/quality.py --guidance W ... --seed S` on a finished run: a block of rows per weight,
+    each drawn with that weight (the scores differ) and the seed asked for (another seed, other
+    samples)."""
+    import importlib.util
+
+    _, _, cache = digits_cache
+    monkeypatch.setenv("SGM_CACHE", str(cache))
+    work = tmp_path / "run"
+    assert run.main(ROOT / "configs" / "digits.py", workdir=work, progress=False, mode="train",
+                    sets=["train.steps=3", "train.log_every=1"]) == 0
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(*args):
+        out = tmp_path / f"q{len(args)}.json"
+        bench.main([str(work), "--methods", "ddpm", "--nfe", "3", "--num", "20", "--out", str(out),
+                    *args])
+        return json.loads(out.read_text())["rows"]
+
+    a = rows("--guidance", "0", "1", "--seed", "5")
+    assert [(r["label"], r["guidance"]) for r in a] == [("real", None), ("ddpm", 0.0),
+                                                         ("ddpm", 1.0)]
+    assert [r["seed"] for r in a[1:]] == [5, 5] and all(np.isfinite(r["frechet"]) for r in a)
+    assert a[1]["frechet"] != a[2]["frechet"]  # the weight reached the sampler
+    b = rows("--guidance", "0", "--seed", "6", "--methods", "ddpm")
+    assert b[1]["seed"] == 6 and b[1]["frechet"] != a[1]["frechet"]
+    assert b[0] == a[0]  # the real images' row does not depend on the samples' seed
