@@ -231,7 +231,9 @@ def sliced_w2(x, y, dirs):
 def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels, *, key,
               method: str = "ipndm", tuning: Tuning = Tuning(), t_end: float | None = None,
               cond: dict | None = None, clip: tuple[float, float] | None = None,
-              options: dict | None = None) -> tuple[float, ...]:
+              options: dict | None = None,
+              yardstick: Callable[[tuple[float, ...]], float] | None = None
+              ) -> tuple[float, ...]:
     """`levels` moved to where `method` itself lands closest to the exact probability-flow map.
 
     The search above prices every step as an Euler step; the few-step solvers take larger,
@@ -253,6 +255,11 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
        Wasserstein-2 distance between its samples and the x* (64 directions) must not grow.
        A distance between pairs is lowered by samples pulled towards their mean, which narrows
        the distribution; the second test refuses that.
+    4. with a `yardstick` (levels -> error, lower is better), the result must also not be worse
+       than `levels` by it. Neither test of step 3 sees a mixture component a few percent too
+       wide (docs/results/samplers.md); where the data's law is known, a yardstick that
+       samples on the levels and scores the samples against it (e.g. the spread error of
+       `sgm.analytic.mixture_report` on samples of a fixed key) does.
 
     Cost, once per model, method and step count: `num * reference_steps` score evaluations for
     the targets plus `iters * batch * steps` with their gradients (about four times as many: the
@@ -271,6 +278,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
             and the `reference_steps` levels of the accurate solves that give the targets
             (step 1).
         options: further options of `method` (e.g. unipc's order).
+        yardstick: called with `levels` and with the tuned levels (each a tuple of floats) when
+            the tests of step 3 pass; the tuned ones are kept only if their value is not larger.
 
     Returns:
         A tuple of decreasing floats, `len(levels)` of them with the same first and last, to
@@ -357,5 +366,9 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
     if not np.all(np.isfinite(after)) or after[0] >= before[0] or after[1] > before[1]:
         return tuple(float(s) for s in start)  # not better, or levels the sampler cannot take
-    tuned = np.asarray(levels_of(logits), np.float64)
-    return tuple(float(s) for s in tuned)
+    tuned = tuple(float(s) for s in np.asarray(levels_of(logits), np.float64))
+    if yardstick is not None:
+        mine, theirs = float(yardstick(tuned)), float(yardstick(tuple(float(s) for s in start)))
+        if not mine <= theirs:  # worse by the yardstick, or not a number
+            return tuple(float(s) for s in start)
+    return tuned

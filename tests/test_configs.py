@@ -98,6 +98,7 @@ def test_config_trains_two_steps(name, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "ckpt_000000002.npz").is_file()
 
 
+@pytest.mark.slow
 def test_the_fashion_cpu_recipe_takes_mnist_from_data_root(tmp_path):
     """configs/fashion_mnist_cpu.py with `data.name=mnist data.root=DIR` (MNIST's four idx files):
     the same class-conditional network, ten classes, 28x28, built with every check."""

@@ -142,7 +142,7 @@ def test_the_local_schedule_is_the_learned_one_at_its_time(kind):
 
 
 @pytest.mark.parametrize("kind,opts", [
-    ("vp", {"time_sampling": "stratified", "dropout": True}),
+    pytest.param("vp", {"time_sampling": "stratified", "dropout": True}, marks=pytest.mark.slow),
     ("subvp", {"time_sampling": "uniform", "reduce": "sum", "t0": 1e-6}),
 ])
 def test_the_fused_pass_has_the_two_passes_gradients(kind, opts):

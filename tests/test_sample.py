@@ -31,6 +31,7 @@ def test_sampler_reproduces_mixture(name, case):
     assert int(info["nfe"]) > 0
 
 
+@pytest.mark.slow
 def test_em_error_shrinks_with_steps():
     sde = sgm.VPSDE()
     gm = sgm.GaussianMixture.gaussian(jnp.array([0.5, -1.0]), jnp.array([0.7, 0.2]))

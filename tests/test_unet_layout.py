@@ -167,6 +167,7 @@ def test_channels_last_unet_is_the_channels_first_network(case, tmp_path):
 CHANNELS_FIRST_LEAVES = "a754524170002795a9c1ca531476ca8b30ca04aabc8e4707f9151b33f7ceef55"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holds_the_leaves_the_channels_first_unet_wrote(tmp_path):
     """The layout change moved no parameter: the manifest lists the 154 leaves, paths, shapes and
     dtypes the channels-first UNet wrote, so its checkpoints load (`checkpoint.load` checks each
