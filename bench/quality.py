@@ -8,8 +8,8 @@
     python bench/quality.py RUN --guidance 0 0.5 1 --methods ipndm   # per guidance weight
 
 For each sampler and step count it draws `--num` conditional samples of the run's EMA model (labels
-0, 1, 2, ... cycling, the run's guidance or each of `--guidance`), and scores them with the offline classifier of
-`sgm.quality` (trained once on the run's training images and cached): the fraction recognised as
+0, 1, 2, ... cycling; the run's guidance, or each weight of `--guidance` in turn), and scores them
+with the offline classifier of `sgm.quality` (trained once on the run's training images and cached): the fraction recognised as
 the class they were drawn for, and the Fréchet distance between their classifier features and the
 test set's. Each row carries its reference: the same numbers for real training images in the
 samples' place (as many, with as many of each class; the mean and standard deviation over
@@ -63,12 +63,12 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     run_exp = build.load_run(args.run)
     model = run_exp.state.ema
-    exp = run_exp
-    clf, info = quality.classifier_for(exp.ds)
+    clf, info = quality.classifier_for(run_exp.ds)
     print(f"classifier: test accuracy {info['test_accuracy']:.4f}")
     rows = []
 
-    def row(label, method, steps, num, x, labels, seconds, nfe, guidance=None):
+    def row(exp, label, method, steps, num, x, labels, seconds, nfe, guidance=None):
+        """Score one row's samples; `exp` is the run with the row's guidance and seed."""
         s = quality.score(clf, x, labels, exp.ds, test_accuracy=info["test_accuracy"])
         r = dict(label=label, method=method, steps=steps, nfe=nfe, num=num, seconds=seconds,
                  guidance=guidance, seed=exp.cfg.sample.seed,
@@ -90,21 +90,22 @@ def main(argv=None):
     print(f"{'sampler':>10} {'w':>5} {'steps':>5} {'nfe':>5} {'num':>5} {'time':>9}")
     # real training images in the samples' place, with the samples' labels (0, 1, 2, ... cycling)
     # and another draw than the references `score` averages over
-    cycling = np.arange(args.num) % exp.ds.num_classes
-    (pick,) = quality.reference_picks(exp.ds, cycling, args.num, seed=1000)
-    row("real", None, None, args.num, exp.ds.train[pick], exp.ds.train_cond[pick], 0.0, 0)
+    ds = run_exp.ds
+    cycling = np.arange(args.num) % ds.num_classes
+    (pick,) = quality.reference_picks(ds, cycling, args.num, seed=1000)
+    row(run_exp, "real", None, None, args.num, ds.train[pick], ds.train_cond[pick], 0.0, 0)
     plan = [(m, m, n) for m in args.methods for n in args.nfe]
     plan += [(f"{m}+gits", m, n) for m in args.searched for n in args.nfe]
     plan += [(f"{m}+tuned", m, n) for m in args.tuned for n in args.nfe]
     if args.em:
         plan.append(("em", "em", 1000))
-    weights = [run_exp.cfg.sample.guidance] if args.guidance is None else args.guidance
-    plan = [(w, *p) for w in weights for p in plan]
-    for w, label, method, steps in plan:
-        s = run_exp.cfg.sample
-        exp = dataclasses.replace(run_exp, cfg=dataclasses.replace(
-            run_exp.cfg, sample=dataclasses.replace(
-                s, guidance=w, seed=s.seed if args.seed is None else args.seed)))
+    asked = run_exp.cfg.sample
+    weights = [asked.guidance] if args.guidance is None else args.guidance
+    seed = asked.seed if args.seed is None else args.seed
+    runs = {w: dataclasses.replace(run_exp, cfg=dataclasses.replace(
+        run_exp.cfg, sample=dataclasses.replace(asked, guidance=w, seed=seed))) for w in weights}
+    for w, (label, method, steps) in ((w, p) for w in weights for p in plan):
+        exp = runs[w]
         num = args.em if method == "em" else args.num
         grid = {}
         if label.endswith("+gits"):  # the search's own time is printed apart from the row's
@@ -122,7 +123,7 @@ def main(argv=None):
         x, sinfo, labels = exp.samples(model, num=num, method=method, steps=steps, t_end=None,
                                        **grid)
         x = jax.block_until_ready(x)
-        row(label, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
+        row(exp, label, method, steps, num, np.asarray(x), labels, time.perf_counter() - t0,
             int(sinfo["nfe"]), guidance=w)
 
     print(f"-> {out}")

@@ -160,8 +160,10 @@ def yardstick(gm, sde, method, opts, floor_row, entropy):
     """levels -> the mixture yardstick's worst ratio to the exact sets' 95th percentile (weights,
     spreads, cross-entropy gap) for `YARDSTICK_N` samples of `method` on those levels, from a key
     the table's samples do not use: `sgm.tune_grid`'s guard on the law it can see here."""
+    score = gm.score(sde)
+
     def judge(levels):
-        x, _ = sgm.sample(gm.score(sde), sde, (gm.dim,), key=jax.random.key(3), num=YARDSTICK_N,
+        x, _ = sgm.sample(score, sde, (gm.dim,), key=jax.random.key(3), num=YARDSTICK_N,
                           method=method, steps=len(levels), grid=jnp.asarray(levels), **opts)
         mix = mixture_report(gm, x, entropy=entropy)
         got = {"w": mix["weight_error"], "spr": mix["spread_error"], "xent": mix["xent_gap"]}

@@ -364,11 +364,10 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     after = [float(v) for v in judge(logits, score, *judged)]
     if not np.all(np.isfinite(before)):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
+    kept = tuple(float(s) for s in start)
     if not np.all(np.isfinite(after)) or after[0] >= before[0] or after[1] > before[1]:
-        return tuple(float(s) for s in start)  # not better, or levels the sampler cannot take
+        return kept  # not better, or levels the sampler cannot take
     tuned = tuple(float(s) for s in np.asarray(levels_of(logits), np.float64))
-    if yardstick is not None:
-        mine, theirs = float(yardstick(tuned)), float(yardstick(tuple(float(s) for s in start)))
-        if not mine <= theirs:  # worse by the yardstick, or not a number
-            return tuple(float(s) for s in start)
+    if yardstick is not None and not float(yardstick(tuned)) <= float(yardstick(kept)):
+        return kept  # worse by the yardstick, or not a number
     return tuned
