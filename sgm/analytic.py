@@ -139,6 +139,34 @@ class GaussianMixture(eqx.Module):
 # ------------------------------------------------------------ a yardstick for samples of a mixture
 
 
+def component_statistics(gm: GaussianMixture, x):
+    """`(shares, spreads)`, each (K,), of samples `x` (n, D) as `mixture_report` defines them:
+    the share of the samples each component receives by the true posterior, and its spread
+    relative to its true one. Plain jax: it differentiates with respect to `x` (the
+    responsibilities held fixed, so a gradient moves samples within their components)."""
+    resp = jax.lax.stop_gradient(jax.vmap(gm.responsibilities)(x))  # (n, K)
+    z2 = jnp.mean(((x[:, None, :] - gm.means[None]) / gm.stds[None]) ** 2, axis=-1)  # (n, K)
+    total = jnp.maximum(jnp.sum(resp, 0), 1e-30)
+    return resp.mean(0), jnp.sqrt(jnp.sum(resp * z2, 0) / total + 1e-30)
+
+
+def mixture_tuning_loss(gm: GaussianMixture):
+    """A loss for `sgm.Tuning(loss=...)` that fits a few-step sampler's levels to the mixture
+    `gm`'s law rather than to each draw's endpoint: `loss(x, ref)` is the sum over components of
+    the squared differences of `component_statistics` (shares and spreads) between the sampler's
+    samples `x` and their accurate endpoints `ref` (same prior draws, so the draws' own sampling
+    noise cancels). A draw that lands in another component than its endpoint costs only through
+    the shares; a component a fraction eps too wide costs eps^2 however its draws are paired.
+    Use large batches (thousands of draws): the statistics are means over the batch."""
+
+    def loss(x, ref):
+        x, ref = x.reshape(x.shape[0], -1), ref.reshape(ref.shape[0], -1)
+        (w, s), (w0, s0) = component_statistics(gm, x), component_statistics(gm, ref)
+        return jnp.sum(jnp.square(s - s0)) + jnp.sum(jnp.square(w - w0))
+
+    return loss
+
+
 def mixture_report(gm: GaussianMixture, x, *, entropy: float | None = None) -> dict:
     """How samples `x` (n, D) of a sampler differ from the mixture `gm`, per component.
 
@@ -168,11 +196,8 @@ def mixture_report(gm: GaussianMixture, x, *, entropy: float | None = None) -> d
         if entropy is not None:
             out["xent_gap"] = inf
         return out
-    resp = jax.vmap(gm.responsibilities)(x)  # (n, K)
+    share, spreads = component_statistics(gm, x)
     logp = jax.vmap(gm.log_prob)(x)
-    share = resp.mean(0)
-    z2 = jnp.mean(((x[:, None, :] - gm.means[None]) / gm.stds[None]) ** 2, axis=-1)  # (n, K)
-    spreads = jnp.sqrt(jnp.sum(resp * z2, 0) / jnp.maximum(jnp.sum(resp, 0), 1e-30))
     weights, spreads = np.asarray(share, np.float64), np.asarray(spreads, np.float64)
     logp = np.asarray(logp, np.float64)
     out = {"weights": weights.tolist(), "spreads": spreads.tolist(),

@@ -169,6 +169,7 @@ def levels_for(levels: np.ndarray, costs: np.ndarray, steps: int) -> tuple[float
 
 
 LOSSES = ("rms", "squared")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,16 +179,22 @@ class Tuning:
     rate `lr`) on `batch` draws each (default min(32, fitted draws)), the last `held_out`
     (default num // 4, at least 1 unless num is 1) kept to judge the result. `loss` is what a
     step lowers: "rms" (the default), the mean over draws of each draw's RMS distance to its
-    accurate endpoint, or "squared", the mean squared distance. Checked when made: a
-    ConfigError names what is out of range."""
+    accurate endpoint, "squared", the mean squared distance, or a function `loss(x, ref)` of
+    a batch of samples and their accurate endpoints (each (batch, *shape)) returning a scalar
+    to lower, e.g. `sgm.analytic.mixture_tuning_loss(gm)`, which compares the two sets' mixture
+    statistics where the data's law is known. `schedule` is Adam's learning rate over the steps:
+    "constant" (the default) or "cosine", decaying from `lr` to 0 so that the last step, which
+    is the result, does not oscillate about the optimum (for large, full batches, whose loss
+    is deterministic). Checked when made: a ConfigError names what is out of range."""
 
     num: int = 256
     batch: int | None = None
     iters: int = 100
     lr: float = 0.05
     reference_steps: int = 200
-    loss: str = "rms"
+    loss: str | Callable = "rms"
     held_out: int | None = None
+    schedule: str = "constant"
 
     def __post_init__(self):
         held = (self.num // 4 if self.num > 1 else 0) if self.held_out is None else self.held_out
@@ -200,13 +207,17 @@ class Tuning:
                               f"reference_steps >= 2, got num={self.num}, held_out={held}, "
                               f"batch={batch}, iters={self.iters}, lr={self.lr}, "
                               f"reference_steps={self.reference_steps}")
-        check_choice("tune_grid loss", self.loss, LOSSES)
+        if not callable(self.loss):
+            check_choice("tune_grid loss", self.loss, LOSSES)
+        check_choice("tune_grid schedule", self.schedule, SCHEDULES)
         object.__setattr__(self, "batch", batch)
         object.__setattr__(self, "held_out", held)
 
 
-def _distance(x, ref, loss: str):
+def _distance(x, ref, loss):
     """The tuning loss between a batch of samples and their accurate endpoints."""
+    if callable(loss):
+        return jnp.asarray(loss(x, ref)).reshape(())
     sq = jnp.mean(jnp.square(x - ref).reshape(x.shape[0], -1), axis=1)
     if loss == "squared":
         return jnp.mean(sq)
@@ -254,7 +265,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
        samples are finite, closer to their x* and no farther from their distribution: the sliced
        Wasserstein-2 distance between its samples and the x* (64 directions) must not grow.
        A distance between pairs is lowered by samples pulled towards their mean, which narrows
-       the distribution; the second test refuses that.
+       the distribution; the second test refuses that. (With a loss function of the user's,
+       `Tuning.loss`, only the first test, on that loss, is made.)
     4. with a `yardstick` (levels -> error, lower is better), the result must also not be worse
        than `levels` by it. Neither test of step 3 sees a mixture component a few percent too
        wide (docs/results/samplers.md); where the data's law is known, a yardstick that
@@ -295,7 +307,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
             or not np.all(np.diff(start) < 0):
         raise ConfigError(f"tune_grid needs at least 2 decreasing positive levels, got "
                           f"{tuple(np.round(start, 6).tolist())}")
-    num, batch, iters, lr, reference_steps, loss, held = dataclasses.astuple(tuning)
+    num, batch, iters, lr, reference_steps, loss, held, schedule = (
+        getattr(tuning, f.name) for f in dataclasses.fields(tuning))
     if start.size == 2 or iters == 0:
         return tuple(float(s) for s in start)
     t_end = sde.sampling_t0 if t_end is None else t_end
@@ -331,7 +344,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     def distance(logits, score, x1, ref, cond):
         return _distance(samples(logits, score, x1, cond), ref, loss)
 
-    opt = optax.adam(lr)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, iters) if schedule == "cosine" else lr)
 
     fitted = num - held
     k_batch, k_dirs = jax.random.split(k_batch)
@@ -365,7 +378,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     if not np.all(np.isfinite(before)):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
     kept = tuple(float(s) for s in start)
-    if not np.all(np.isfinite(after)) or after[0] >= before[0] or after[1] > before[1]:
+    wider = after[1] > before[1] and not callable(loss)  # a loss of the user's: its own test
+    if not np.all(np.isfinite(after)) or after[0] >= before[0] or wider:
         return kept  # not better, or levels the sampler cannot take
     tuned = tuple(float(s) for s in np.asarray(levels_of(logits), np.float64))
     if yardstick is not None and not float(yardstick(tuned)) <= float(yardstick(kept)):
