@@ -4,6 +4,7 @@
     python bench/samplers.py --full      # also em, pc, ddpm at NFE ~5 .. 1000 and the adaptive ode
     python bench/samplers.py --quick     # NFE 5 and 20 only, 4000 samples
     python bench/samplers.py --sde ve    # VE or SubVP instead of VP
+    python bench/samplers.py --sets 10   # the mixture yardstick also as a mean over 10 sample sets
 
 Five problems with closed-form scores (`sgm.GaussianMixture`), so the only error is the sampler's:
 
