@@ -179,8 +179,7 @@ def yardstick(gm, sde, method, opts, floor_row, entropy):
         x, _ = sgm.sample(score, sde, (gm.dim,), key=jax.random.key(3), num=YARDSTICK_N,
                           method=method, steps=len(levels), grid=jnp.asarray(levels), **opts)
         mix = mixture_report(gm, x, entropy=entropy)
-        got = {"w": mix["weight_error"], "spr": mix["spread_error"], "xent": mix["xent_gap"]}
-        return max(abs(got[m]) / floor_row[f"{m}_p95"] for m in MIX)
+        return max(abs(mix[REPORT[m]]) / floor_row[f"{m}_p95"] for m in MIX)
     return judge
 
 
@@ -457,7 +456,8 @@ def main():
     print(f"total {total:.0f} s")
 
     meta = {"quick": args.quick, "full": args.full, "targets": targets, "sde": args.sde, "n": n,
-            "yardstick_guard": not args.no_yardstick, "yardstick_n": YARDSTICK_N, "sets": args.sets,
+            "yardstick_guard": not args.no_yardstick, "yardstick_n": YARDSTICK_N,
+            "sets": args.sets,
             "dirs": args.dirs, "jax": jax.__version__, "backend": jax.default_backend(),
             "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(), "load_avg": os.getloadavg(),

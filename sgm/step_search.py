@@ -307,8 +307,7 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
             or not np.all(np.diff(start) < 0):
         raise ConfigError(f"tune_grid needs at least 2 decreasing positive levels, got "
                           f"{tuple(np.round(start, 6).tolist())}")
-    num, batch, iters, lr, reference_steps, loss, held, schedule = (
-        getattr(tuning, f.name) for f in dataclasses.fields(tuning))
+    num, batch, iters, lr, reference_steps, loss, held, schedule = dataclasses.astuple(tuning)
     if start.size == 2 or iters == 0:
         return tuple(float(s) for s in start)
     t_end = sde.sampling_t0 if t_end is None else t_end
@@ -378,8 +377,8 @@ def tune_grid(score: Callable, sde: AbstractSDE, shape: tuple[int, ...], levels,
     if not np.all(np.isfinite(before)):
         raise NumericalError("tune_grid's samples are not finite: the score returns NaN or inf")
     kept = tuple(float(s) for s in start)
-    wider = after[1] > before[1] and not callable(loss)  # a loss of the user's: its own test
-    if not np.all(np.isfinite(after)) or after[0] >= before[0] or wider:
+    farther = after[1] > before[1] and not callable(loss)  # a loss of the user's: its own test
+    if not np.all(np.isfinite(after)) or after[0] >= before[0] or farther:
         return kept  # not better, or levels the sampler cannot take
     tuned = tuple(float(s) for s in np.asarray(levels_of(logits), np.float64))
     if yardstick is not None and not float(yardstick(tuned)) <= float(yardstick(kept)):
