@@ -13,6 +13,8 @@ FLOP/s with the rate this machine reaches on a large float32 matmul.
 
 The main table ends with the two Fashion-MNIST recipes' networks as they train (class-conditional,
 28x28x1): "UNet-r" (configs/fashion_mnist_cpu.py) and "DiT-r" (configs/fashion_mnist_dit_cpu.py).
+`--cpu-devices N` splits the CPU into N devices (as `train.cpu_devices` does) and times the step
+with each batch split over them, the parameters replicated, as training runs it.
 
 Prints a table and writes bench/results/nets.json.
 """
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgm import parallel
 from sgm.nets import MLP, DiT, UNet, param_count
 
 SHAPES = {"8x8x1": (1, 8, 8), "28x28x1": (1, 28, 28), "32x32x3": (3, 32, 32)}
@@ -122,8 +125,15 @@ def bench_one(name: str, shape, batch: int, seconds: float, **kw) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(params, t, x).compile()
     compile_s = time.perf_counter() - t0
+    flops = xla_flops(compiled)  # the whole batch's, on one device
+    mesh = parallel.make_mesh()
+    if mesh.devices.size > 1:  # the batch split over the devices, as training splits it
+        t, x = parallel.put_batch((t, x), mesh)
+        params = parallel.put_replicated(params, mesh)
+        t0 = time.perf_counter()
+        compiled = step.lower(params, t, x).compile()
+        compile_s = time.perf_counter() - t0
     seconds_per_step = best_time(lambda: compiled(params, t, x), seconds)
-    flops = xla_flops(compiled)
     return {
         "net": name,
         "data": "x".join(map(str, (shape[1], shape[2], shape[0]))),
@@ -172,7 +182,8 @@ def sizes(args, name: str) -> None:
               f"{row['samples_per_s']:>10.1f} {1 / row['step_s']:>8.2f} {rate}", flush=True)
     out = Path(args.out).with_name(f"nets_{name.lower()}_sizes.json")
     out.write_text(json.dumps({"what": "forward+backward, 28x28x1, ten classes, jitted, float32",
-                               "batch": args.batch, "cpus": os.cpu_count(), "rows": rows},
+                               "batch": args.batch, "cpus": os.cpu_count(),
+                               "devices": len(jax.devices()), "rows": rows},
                               indent=2) + "\n")
     print(f"-> {out}")
 
@@ -189,7 +200,13 @@ def main() -> None:
                              "UNet-r, DiT-r: the recipes' networks)")
     parser.add_argument("--dit-sizes", action="store_true",
                         help="only the class-conditional DiT sizes of DIT_SIZES on 28x28x1")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="split the CPU into N devices and each batch over them (as "
+                             "train.cpu_devices; 0: JAX's one CPU device)")
     args = parser.parse_args()
+    unsplit = parallel.split_cpu(args.cpu_devices)
+    if unsplit:
+        parser.error(unsplit)
     if args.unet_sizes:
         return sizes(args, "UNet")
     if args.dit_sizes:
@@ -201,7 +218,8 @@ def main() -> None:
         f"{'net':<6} {'data':<8} {'params':>9} {'compile s':>9} {'samples/s':>10} "
         f"{'GFLOP/sample':>12} {'GFLOP/s':>8} {'of matmul':>9}"
     )
-    print(f"float32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} CPU cores")
+    print(f"float32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} CPU cores; "
+          f"steps on {len(jax.devices())} device(s)")
     print(header)
     print("-" * len(header))
     cases = [(name, name, shape, {}) for name in ("MLP", "UNet", "DiT")
@@ -228,6 +246,7 @@ def main() -> None:
             "load_average_after": os.getloadavg(),
             "jax": jax.__version__,
             "backend": jax.default_backend(),
+            "devices": len(jax.devices()),
             "matmul_gflop_per_s": peak / 1e9,
         },
         "rows": rows,

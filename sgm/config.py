@@ -75,6 +75,7 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 256  # global batch, split over all devices
     grad_accum: int = 1  # micro-batches per step (for global batches that do not fit)
+    cpu_devices: int = 0  # split the CPU into this many devices, one per core (0: JAX's one)
     optimizer: str = "adamw"
     lr: float = 2e-3
     warmup: int = 200
@@ -374,6 +375,8 @@ def validate(config: Config) -> Config:
     for f in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "eval_num"):
         _expect(0 < getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),
                 f"a positive integer of at most {COUNT_LIMIT}")
+    _expect(0 <= t.cpu_devices <= 1024, "train.cpu_devices", t.cpu_devices,
+            "0 (JAX's one CPU device) or a number of CPU devices of at most 1024")
     for f in ("warmup", "eval_every", "ckpt_every"):
         _expect(0 <= getattr(t, f) <= COUNT_LIMIT, f"train.{f}", getattr(t, f),
                 f"a non-negative integer of at most {COUNT_LIMIT}")

@@ -35,6 +35,47 @@ def _env_int(name: str, minimum: int) -> int | None:
     return int(value)
 
 
+#: the XLA flag that sets the CPU's device count; where a user has set it, it wins
+_CPU_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def split_cpu(num_devices: int) -> str | None:
+    """Splits the CPU into `num_devices` JAX devices, so that the mesh (`make_mesh`) runs data
+    parallel over its cores; 0 leaves JAX's default (one CPU device using every core).
+
+    On a CPU a training step of a small convolutional network runs mostly on one core, and one
+    device per core runs the halves of each batch side by side (docs/results/fashion-mnist.md).
+    The count must be set before JAX's first computation: this sets the `jax_num_cpu_devices`
+    option (or, on a JAX without it, `XLA_FLAGS`). An accelerator's devices are not affected,
+    and a count the user set in `XLA_FLAGS` is kept. Returns None when the CPU is split as asked
+    (or 0 asked for); otherwise one sentence saying why not: JAX already started in this process
+    with another count (a library call after other computations; the command applies it), or
+    `XLA_FLAGS` set another.
+    """
+    if num_devices < 0:
+        raise ConfigError(f"a CPU split into {num_devices} devices was asked for: expected 0 "
+                          f"(JAX's default) or a positive number of devices.")
+    if num_devices == 0:
+        return None
+    flags = os.environ.get("XLA_FLAGS", "")
+    found = re.search(_CPU_COUNT_FLAG + r"=(\d+)", flags)
+    if found:
+        have = int(found.group(1))
+        return None if have == num_devices else (
+            f"XLA_FLAGS sets {have} CPU devices, so the {num_devices} asked for are not used.")
+    try:
+        jax.config.update("jax_num_cpu_devices", num_devices)
+    except AttributeError:  # a JAX without the option reads the XLA flag when it starts
+        os.environ["XLA_FLAGS"] = f"{flags} {_CPU_COUNT_FLAG}={num_devices}".strip()
+    except RuntimeError:  # JAX already started in this process
+        have = len(jax.devices("cpu"))
+        if have != num_devices:
+            return (f"JAX already started in this process with {have} CPU device(s), so the "
+                    f"{num_devices} asked for are not used (the count is set before JAX's first "
+                    f"computation, as `python main.py` does).")
+    return None
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
     """Starts JAX's distributed runtime when launched as several processes.

@@ -112,6 +112,9 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                           f"a number of grid points per axis of at most {DENSITY_GRID_LIMIT}.")
     with train.stop_on_signals() as flag, contextlib.ExitStack() as stack:
         cfg = build.load(config_file, sets)
+        unsplit = parallel.split_cpu(cfg.train.cpu_devices)
+        if unsplit:
+            print(f"note: train.cpu_devices={cfg.train.cpu_devices}: {unsplit}", file=sys.stderr)
         parallel.initialize(coordinator, num_processes, process_id)
         mesh = parallel.make_mesh()
         main_process = parallel.is_main_process()  # only process 0 writes
@@ -127,10 +130,12 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"to use it as it is, or choose another work directory.")
         if mode in ("sample", "all"):
             check_sample_memory(exp)
+            parallel.check_batch(cfg.sample.num, mesh, what="sample.num")  # before any training
         best = None  # the best checkpoint, read (and a damaged one refused) before any write
         if mode != "train" and checkpoint == "best":
             best = best_state(exp, workdir)
         summary = read_summary(exp, workdir, earlier)
+        summary["devices"] = int(mesh.devices.size)  # this command's, over all processes
         # input is valid: from here on files are written, by process 0 only, under the lock
         exp = prepare_workdir(exp, workdir, stack=stack, need_checkpoint=need,
                               main_process=main_process)

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,8 +87,9 @@ def test_command_loads_checks_and_builds_once(tmp_path, monkeypatch, capsys):
     assert [p.name for p in ckpt.list_checkpoints(wd / "checkpoints")] == ["ckpt_000000004.npz"]
     assert (wd / "figs" / "training.png").is_file()
     summary = json.loads((wd / "summary.json").read_text())
-    assert list(summary) == ["config", "dataset", "entropy", "train_seconds", "steps", "eval_loss"]
-    assert summary["steps"] == 4
+    assert list(summary) == ["config", "dataset", "entropy", "devices", "train_seconds", "steps",
+                             "eval_loss"]
+    assert summary["steps"] == 4 and summary["devices"] == len(jax.devices())
 
 
 def _files(folder):
