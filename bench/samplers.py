@@ -457,8 +457,7 @@ def main():
 
     meta = {"quick": args.quick, "full": args.full, "targets": targets, "sde": args.sde, "n": n,
             "yardstick_guard": not args.no_yardstick, "yardstick_n": YARDSTICK_N,
-            "sets": args.sets,
-            "dirs": args.dirs, "jax": jax.__version__, "backend": jax.default_backend(),
+            "sets": args.sets, "dirs": args.dirs, "jax": jax.__version__, "backend": jax.default_backend(),
             "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(), "load_avg": os.getloadavg(),
             "total_s": total}

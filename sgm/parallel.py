@@ -43,14 +43,10 @@ def split_cpu(num_devices: int) -> str | None:
     """Splits the CPU into `num_devices` JAX devices, so that the mesh (`make_mesh`) runs data
     parallel over its cores; 0 leaves JAX's default (one CPU device using every core).
 
-    On a CPU a training step of a small convolutional network runs mostly on one core, and one
-    device per core runs the halves of each batch side by side (docs/results/fashion-mnist.md).
-    The count must be set before JAX's first computation: this sets the `jax_num_cpu_devices`
-    option (or, on a JAX without it, `XLA_FLAGS`). An accelerator's devices are not affected,
-    and a count the user set in `XLA_FLAGS` is kept. Returns None when the CPU is split as asked
-    (or 0 asked for); otherwise one sentence saying why not: JAX already started in this process
-    with another count (a library call after other computations; the command applies it), or
-    `XLA_FLAGS` set another.
+    Sets JAX's `jax_num_cpu_devices` option (on a JAX without it, `XLA_FLAGS`), which holds only
+    before JAX's first computation. An accelerator's devices are not affected; a count already
+    in `XLA_FLAGS` is kept. Returns None when the CPU is split as asked (or 0 is asked for),
+    else one sentence saying why not (JAX started with another count, or `XLA_FLAGS` set one).
     """
     if num_devices < 0:
         raise ConfigError(f"a CPU split into {num_devices} devices was asked for: expected 0 "

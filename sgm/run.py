@@ -130,7 +130,6 @@ def command(config_file, *, sets=(), mode: str = "all", workdir=None, progress: 
                               f"to use it as it is, or choose another work directory.")
         if mode in ("sample", "all"):
             check_sample_memory(exp)
-            parallel.check_batch(cfg.sample.num, mesh, what="sample.num")  # before any training
         best = None  # the best checkpoint, read (and a damaged one refused) before any write
         if mode != "train" and checkpoint == "best":
             best = best_state(exp, workdir)
